@@ -1,0 +1,379 @@
+"""Typed configuration: one dataclass per component, validated before any model loads.
+
+Hydra composes plain YAML (configs/); `load_config` then checks every key against these
+schemas so that a typo, a wrong type or an out-of-range value fails in one line that names
+the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROJECTOR_TYPES = ("mlp", "mosa", "moe", "qformer")
+TRACKERS = ("wandb", "tensorboard", "trackio", "none")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def validate(self, prefix: str) -> None:
+        _require(self.rank > 0, f"{prefix}.rank", self.rank, "a positive integer")
+        _require(self.alpha > 0, f"{prefix}.alpha", self.alpha, "a positive integer")
+        _require(0 <= self.dropout < 1, f"{prefix}.dropout", self.dropout, "0 <= dropout < 1")
+        _require(bool(self.target_modules), f"{prefix}.target_modules", self.target_modules, "a non-empty list")
+
+
+@dataclass
+class MosaConfig:
+    num_experts: int = 4
+    router_hidden_dim: int = 512
+
+    def validate(self, prefix: str) -> None:
+        _require(self.num_experts >= 1, f"{prefix}.num_experts", self.num_experts, ">= 1")
+        _require(self.router_hidden_dim >= 1, f"{prefix}.router_hidden_dim", self.router_hidden_dim, ">= 1")
+
+
+@dataclass
+class MoeConfig:
+    num_experts: int = 4
+    num_experts_per_tok: int = 2
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+
+    def validate(self, prefix: str) -> None:
+        _require(self.num_experts >= 1, f"{prefix}.num_experts", self.num_experts, ">= 1")
+        _require(
+            1 <= self.num_experts_per_tok <= self.num_experts,
+            f"{prefix}.num_experts_per_tok",
+            self.num_experts_per_tok,
+            f"between 1 and num_experts ({self.num_experts})",
+        )
+        _require(self.router_aux_loss_coef >= 0, f"{prefix}.router_aux_loss_coef", self.router_aux_loss_coef, ">= 0")
+        _require(self.router_z_loss_coef >= 0, f"{prefix}.router_z_loss_coef", self.router_z_loss_coef, ">= 0")
+
+
+@dataclass
+class QformerConfig:
+    window_size: int = 15  # encoder frames per window (0.3 s at 50 frames/s)
+    num_queries: int = 3  # audio tokens emitted per window
+    num_layers: int = 2
+    num_heads: int = 8
+    hidden_size: int = 768
+
+    def validate(self, prefix: str) -> None:
+        for name in ("window_size", "num_queries", "num_layers", "num_heads", "hidden_size"):
+            value = getattr(self, name)
+            _require(value >= 1, f"{prefix}.{name}", value, ">= 1")
+        _require(
+            self.hidden_size % self.num_heads == 0,
+            f"{prefix}.hidden_size",
+            self.hidden_size,
+            f"a multiple of num_heads ({self.num_heads})",
+        )
+
+
+@dataclass
+class ModelConfig:
+    audio_model_id: str = "zai-org/GLM-ASR-Nano-2512"
+    text_model_id: str = "Qwen/Qwen3-0.6B"
+    projector_type: str = "mlp"
+    projector_pool_stride: int = 5
+    projector_hidden_dim: int = 1536
+    # Stage 1 trains the projector; stage 2 freezes it and trains LoRA; stage 3 trains both.
+    projector_trainable: bool = True
+    # Weights of the frozen encoder and decoder; the projector always keeps float32 master weights.
+    dtype: str = "bfloat16"
+    # "longest" pads each batch to its longest clip (GLM-ASR's rotary encoder allows it);
+    # "max_length" pads every clip to 30 s, which Whisper's learned positions require.
+    encoder_padding: str = "longest"
+    attn_implementation: str = "sdpa"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    mosa: MosaConfig = field(default_factory=MosaConfig)
+    moe: MoeConfig = field(default_factory=MoeConfig)
+    qformer: QformerConfig = field(default_factory=QformerConfig)
+
+    def validate(self, prefix: str = "model") -> None:
+        _require(
+            self.projector_type in PROJECTOR_TYPES,
+            f"{prefix}.projector_type",
+            self.projector_type,
+            f"choose one of {', '.join(PROJECTOR_TYPES)}",
+        )
+        _require(self.projector_pool_stride >= 1, f"{prefix}.projector_pool_stride", self.projector_pool_stride, ">= 1")
+        _require(self.projector_hidden_dim >= 1, f"{prefix}.projector_hidden_dim", self.projector_hidden_dim, ">= 1")
+        dtypes = ("float32", "bfloat16", "float16")
+        _require(self.dtype in dtypes, f"{prefix}.dtype", self.dtype, f"one of {', '.join(dtypes)}")
+        paddings = ("longest", "max_length")
+        _require(
+            self.encoder_padding in paddings,
+            f"{prefix}.encoder_padding",
+            self.encoder_padding,
+            f"one of {', '.join(paddings)}",
+        )
+        _require(
+            self.projector_trainable or self.lora.enabled,
+            f"{prefix}.projector_trainable",
+            self.projector_trainable,
+            "true unless model.lora.enabled is true (otherwise nothing would train)",
+        )
+        self.lora.validate(f"{prefix}.lora")
+        self.mosa.validate(f"{prefix}.mosa")
+        self.moe.validate(f"{prefix}.moe")
+        self.qformer.validate(f"{prefix}.qformer")
+
+
+@dataclass
+class DatasetConfig:
+    path: str = MISSING  # hub id or local directory (audiofolder, parquet or jsonl)
+    name: str | None = None
+    audio_column: str = "audio"
+    text_column: str = "text"
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    eval_splits: list[str] = field(default_factory=lambda: ["validation"])
+    sampling_weight: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        _require(bool(self.path), f"{prefix}.path", self.path, "a hub id or a local directory")
+        _require(self.sampling_weight > 0, f"{prefix}.sampling_weight", self.sampling_weight, "> 0")
+
+
+@dataclass
+class DataConfig:
+    datasets: list[DatasetConfig] = field(default_factory=list)
+    streaming: bool = True
+    sample_rate: int = 16000
+    min_duration: float = 0.5
+    # GLM-ASR and Whisper encoders see at most 30 s; longer clips are dropped and counted.
+    max_duration: float = 30.0
+    min_words: int = 2
+    junk_markers: list[str] = field(default_factory=lambda: ["ignore_time_segment_in_scoring"])
+    lowercase: bool = False
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = 2000
+    # Stop early when more than this share of the first `bad_check_samples` samples is unusable.
+    max_bad_fraction: float = 0.5
+    bad_check_samples: int = 200
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    seed: int = 42
+
+    def validate(self, prefix: str = "data") -> None:
+        _require(bool(self.datasets), f"{prefix}.datasets", list(self.datasets), "at least one dataset entry")
+        for i, dataset in enumerate(self.datasets):
+            dataset.validate(f"{prefix}.datasets[{i}]")
+        _require(self.sample_rate > 0, f"{prefix}.sample_rate", self.sample_rate, "> 0")
+        _require(self.min_duration >= 0, f"{prefix}.min_duration", self.min_duration, ">= 0")
+        _require(
+            0 < self.max_duration <= 30,
+            f"{prefix}.max_duration",
+            self.max_duration,
+            "0 < max_duration <= 30 (the encoders' window)",
+        )
+        _require(
+            self.min_duration < self.max_duration,
+            f"{prefix}.min_duration",
+            self.min_duration,
+            f"less than max_duration ({self.max_duration})",
+        )
+        _require(self.min_words >= 0, f"{prefix}.min_words", self.min_words, ">= 0")
+        _require(0 < self.max_bad_fraction <= 1, f"{prefix}.max_bad_fraction", self.max_bad_fraction, "0 < x <= 1")
+        _require(self.bad_check_samples >= 1, f"{prefix}.bad_check_samples", self.bad_check_samples, ">= 1")
+        _require(self.num_workers >= 0, f"{prefix}.num_workers", self.num_workers, ">= 0")
+        _require(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", self.shuffle_buffer, ">= 0")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"{prefix}.{name}", value, "null or >= 1")
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str | None = None  # defaults to outputs/<experiment name>
+    max_steps: int = 50000
+    learning_rate: float = 1e-4
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 4
+    warmup_steps: int = 1000
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    save_steps: int = 1000
+    save_total_limit: int = 3
+    eval_steps: int = 1000
+    logging_steps: int = 25
+    seed: int = 42
+    bf16: bool = True
+    resume_from_checkpoint: str | None = None
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    report_to: str = "wandb"
+    run_name: str | None = None
+    eval_wer_samples: int = 64
+    gpu_hourly_usd: float | None = None
+    # Consecutive non-finite losses or gradients tolerated before the run stops.
+    max_nonfinite_steps: int = 10
+
+    def validate(self, prefix: str = "training") -> None:
+        positive = (
+            "max_steps",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "save_steps",
+            "eval_steps",
+            "logging_steps",
+            "save_total_limit",
+            "max_nonfinite_steps",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            _require(value >= 1, f"{prefix}.{name}", value, "a positive integer")
+        _require(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "a positive number, e.g. 1e-4")
+        _require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, ">= 0")
+        _require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
+        _require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", self.max_grad_norm, "> 0")
+        _require(self.eval_wer_samples >= 0, f"{prefix}.eval_wer_samples", self.eval_wer_samples, ">= 0")
+        schedulers = ("cosine", "linear", "constant")
+        _require(
+            self.lr_scheduler_type in schedulers,
+            f"{prefix}.lr_scheduler_type",
+            self.lr_scheduler_type,
+            f"one of {', '.join(schedulers)}",
+        )
+        _require(self.report_to in TRACKERS, f"{prefix}.report_to", self.report_to, f"one of {', '.join(TRACKERS)}")
+        _require(
+            not self.push_to_hub or bool(self.hub_model_id),
+            f"{prefix}.hub_model_id",
+            self.hub_model_id,
+            "set it (e.g. your-username/tiny-audio) when training.push_to_hub is true",
+        )
+        _require(
+            self.gpu_hourly_usd is None or self.gpu_hourly_usd >= 0,
+            f"{prefix}.gpu_hourly_usd",
+            self.gpu_hourly_usd,
+            "null or >= 0",
+        )
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    experiment: str = "default"  # set from `+experiments=NAME`; names the output directory
+
+    def validate(self) -> Config:
+        self.model.validate()
+        self.data.validate()
+        self.training.validate()
+        return self
+
+
+# --- schema checking -------------------------------------------------------------------------
+
+
+def _check_keys(node: Any, schema: type, prefix: str) -> None:
+    """Reject keys the schema does not know, suggesting the closest one."""
+    if not isinstance(node, DictConfig):
+        return
+    known = {f.name: f for f in fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in node:
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+            hint = f"did you mean '{_join(prefix, close[0])}'?" if close else f"known keys: {', '.join(known)}"
+            raise ConfigError(f"unknown config key '{full}': {hint}")
+        hint = hints[key]
+        value = node._get_node(key)
+        child = _dataclass_in(hint)
+        if child is not None and isinstance(value, DictConfig):
+            _check_keys(value, child, full)
+        elif child is not None and isinstance(value, ListConfig):
+            for i, item in enumerate(value):
+                _check_keys(item, child, f"{full}[{i}]")
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    if is_dataclass(hint):
+        return hint  # type: ignore[return-value]
+    for arg in typing.get_args(hint):
+        found = _dataclass_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def to_config(raw: DictConfig) -> Config:
+    """Check a composed config against the schema and return the typed, validated object."""
+    _check_keys(raw, Config, "")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        config = OmegaConf.to_object(merged)
+    except Exception as error:  # omegaconf raises several types; all mean a value of the wrong type
+        raise ConfigError(_describe_omegaconf_error(error)) from None
+    assert isinstance(config, Config)
+    return config.validate()
+
+
+def _describe_omegaconf_error(error: Exception) -> str:
+    key = getattr(error, "full_key", None)
+    message = str(error).splitlines()[0]
+    match = re.search(r"Value '(.*?)' (?:of type '\w+' )?could not be converted to (\w+)", message)
+    if key and match:
+        return f"{key}={match.group(1)!r} is not allowed: expected {match.group(2).lower()}"
+    if key:
+        return f"{key}: {message}"
+    return message
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The dotted keys that command-line overrides set, without +/~ prefixes."""
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        keys.append(key)
+    return keys
+
+
+def suggest_key(dotted: str) -> str | None:
+    """The known dotted key closest to `dotted`, for typo'd command-line overrides."""
+    candidates = list(_all_keys(Config, ""))
+    close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _all_keys(schema: type, prefix: str):
+    hints = typing.get_type_hints(schema)
+    for f in fields(schema):
+        full = _join(prefix, f.name)
+        yield full
+        child = _dataclass_in(hints[f.name])
+        if child is not None and not typing.get_origin(hints[f.name]) is list:
+            yield from _all_keys(child, full)
