@@ -1,0 +1,301 @@
+"""Random-weight checkpoints with the real architectures, for tests and offline runs.
+
+`build_fixtures` writes three directories that load through `from_pretrained` exactly as the hub ids
+they stand in for: GLM-ASR-Nano-2512 (`glm-asr/`), a Whisper encoder-decoder (`whisper/`) and
+Qwen3 with its ChatML tokenizer (`qwen3/`). "tiny" builds in seconds; "full" has the real encoder
+and LLM shapes (for memory and speed measurements) but a tiny language model wherever the project
+only reads the encoder.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GenerationConfig,
+    GlmAsrConfig,
+    GlmAsrForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+)
+
+SHAPES = ("tiny", "full")
+_MARKER = ".complete"
+
+# Real checkpoints are published in bf16; "full" follows so its files are the real size on disk.
+_DTYPE = {"tiny": torch.float32, "full": torch.bfloat16}
+
+# Small enough that the tiny GLM-ASR checkpoint spans several shards, some without `audio_tower.*`,
+# so encoder loading can be tested on reading only the shards it needs.
+_GLM_SHARD_SIZE = {"tiny": "200KB", "full": "1GB"}
+
+# Qwen3's pre-tokenizer regex: contractions, letters with one leading non-letter, single digits,
+# punctuation runs, newlines, spaces.
+_QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TINY_BPE_VOCAB = 995  # + 5 added tokens = 1000
+
+# ChatML as Qwen3 renders it: assistant turns after the last user turn open with a (here always
+# empty) think block, and `enable_thinking=false` puts the same empty block in the generation
+# prompt, so a training target and an inference prompt agree up to the transcript.
+CHAT_TEMPLATE = """\
+{%- set ns = namespace(last_user=-1) -%}
+{%- for message in messages -%}
+{%- if message.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}
+{%- endfor -%}
+{%- for message in messages -%}
+{{- '<|im_start|>' + message.role + '\\n' -}}
+{%- if message.role == 'assistant' and loop.index0 > ns.last_user -%}
+{{- '<think>\\n\\n</think>\\n\\n' -}}
+{%- endif -%}
+{{- message.content + '<|im_end|>\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- '<|im_start|>assistant\\n' -}}
+{%- if enable_thinking is defined and enable_thinking is false -%}
+{{- '<think>\\n\\n</think>\\n\\n' -}}
+{%- endif -%}
+{%- endif -%}
+"""
+
+_SUBJECTS = (
+    "the cat", "a dog", "my brother", "her sister", "the teacher", "our neighbour", "the old man",
+    "a young woman", "the children", "the farmer", "the doctor", "a student", "the captain", "my friend",
+    "the engineer", "the musician", "a stranger", "the baker", "the pilot", "the driver", "everyone",
+    "the committee", "the government", "the company", "the river", "the train", "the weather",
+    "the president", "the scientist", "the writer", "the painter", "the police", "the city council",
+)
+_VERBS = (
+    "saw", "found", "bought", "carried", "painted", "opened", "closed", "visited", "remembered",
+    "described", "watched", "followed", "answered", "borrowed", "cleaned", "delivered", "discovered",
+    "explained", "finished", "greeted", "heard", "helped", "imagined", "joined", "kept", "launched",
+    "measured", "noticed", "ordered", "packed", "questioned", "repaired", "signed", "tested",
+    "understood", "wanted", "wrote", "read", "sold", "built", "moved", "played", "started", "chose",
+)
+_OBJECTS = (
+    "the house", "a letter", "the window", "an apple", "the garden", "a small boat", "the bridge",
+    "the newspaper", "a red bicycle", "the kitchen", "the market", "a heavy box", "the station",
+    "the mountain", "an umbrella", "the report", "the library", "a new computer", "the ticket",
+    "the museum", "the village", "the contract", "a bottle of water", "the evening news", "the song",
+    "the picture", "the problem", "the answer", "the money", "the road", "the forest", "the island",
+    "the hospital", "the school", "the factory", "the recipe", "the meeting", "the question",
+)
+_PLACES = (
+    "in the morning", "after lunch", "near the harbour", "at the airport", "before dinner",
+    "during the storm", "on monday", "on friday", "last winter", "next summer", "in london",
+    "in paris", "across the street", "behind the church", "under the table", "without a word",
+    "with great care", "in the afternoon", "at midnight", "by the lake", "in september",
+    "in december", "yesterday", "today", "tomorrow", "twice", "again", "quickly", "slowly",
+)
+_ADJECTIVES = (
+    "quiet", "bright", "famous", "strange", "beautiful", "careful", "dangerous", "expensive",
+    "familiar", "gentle", "happy", "important", "large", "modern", "nervous", "ordinary", "patient",
+    "simple", "terrible", "useful", "wonderful", "ancient", "curious", "difficult", "excellent",
+)
+_NOUNS = (
+    "people", "minutes", "hours", "days", "weeks", "years", "miles", "kilometres", "pounds", "dollars",
+    "percent", "books", "chairs", "houses", "students", "questions", "pages", "songs", "cars", "trees",
+)
+
+
+def build_fixtures(out_dir: Path, shape: str = "tiny", seed: int = 0) -> dict[str, Path]:
+    """Write (or reuse) the three fixture checkpoints under `out_dir` and return their paths.
+
+    A directory holding a marker for the same shape and seed is reused; anything else there is
+    treated as an interrupted build and rebuilt. Weights and tokenizer depend only on `seed`.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown fixture shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    builders: dict[str, tuple[str, Callable[[Path, str, int], None]]] = {
+        "glm_asr": ("glm-asr", _build_glm_asr),
+        "whisper": ("whisper", _build_whisper),
+        "qwen3": ("qwen3", _build_qwen3),
+    }
+    paths = {}
+    for key, (dirname, build) in builders.items():
+        path = Path(out_dir) / dirname
+        _build_once(path, build, shape, seed)
+        paths[key] = path
+    return paths
+
+
+def _build_once(path: Path, build: Callable[[Path, str, int], None], shape: str, seed: int) -> None:
+    stamp = f"shape={shape} seed={seed}\n"
+    marker = path / _MARKER
+    if marker.is_file() and marker.read_text() == stamp:
+        return
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    build(path, shape, seed)
+    # Written last: a directory without it was interrupted mid-build.
+    marker.write_text(stamp)
+
+
+def _tiny_llama(vocab_size: int) -> dict:
+    return {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "intermediate_size": 128,
+        "vocab_size": vocab_size,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+def _build_glm_asr(path: Path, shape: str, seed: int) -> None:
+    # "full" keeps GlmAsrConfig's encoder defaults, which are GLM-ASR-Nano-2512's encoder.
+    audio = {} if shape == "full" else {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "intermediate_size": 256,
+        "num_mel_bins": 128,
+        "max_position_embeddings": 1500,
+    }
+    # The language model is never loaded by the project, only its keys must exist: keep it tiny.
+    config = GlmAsrConfig(audio_config=audio, text_config=_tiny_llama(1024), audio_token_id=1000)
+    torch.manual_seed(seed)
+    model = GlmAsrForConditionalGeneration(config).to(_DTYPE[shape])
+    # transformers names these `model.audio_tower.*` in memory but saves the checkpoint's legacy
+    # `audio_tower.*`, `language_model.*`, `multi_modal_projector.*` keys, as the real repo has.
+    model.save_pretrained(path, max_shard_size=_GLM_SHARD_SIZE[shape])
+    _feature_extractor(128).save_pretrained(path)
+
+
+def _build_whisper(path: Path, shape: str, seed: int) -> None:
+    # "full" is whisper-large-v3's encoder; the decoder shares d_model but is one layer deep.
+    dims = (
+        {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
+         "num_mel_bins": 128}
+        if shape == "full"
+        else {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 256,
+              "num_mel_bins": 80}
+    )
+    config = WhisperConfig(
+        **dims,
+        decoder_layers=1,
+        decoder_attention_heads=dims["encoder_attention_heads"],
+        decoder_ffn_dim=dims["encoder_ffn_dim"],
+        max_source_positions=1500,
+        max_target_positions=448,
+        vocab_size=1024,
+        # Whisper's defaults point at ids of its 51k vocabulary; keep every id inside the small one.
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+        decoder_start_token_id=2,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).to(_DTYPE[shape])
+    model.save_pretrained(path)
+    _feature_extractor(dims["num_mel_bins"]).save_pretrained(path)
+
+
+def _feature_extractor(n_mels: int) -> WhisperFeatureExtractor:
+    return WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=16000, hop_length=160, chunk_length=30)
+
+
+def _build_qwen3(path: Path, shape: str, seed: int) -> None:
+    tokenizer = _build_tokenizer(seed)
+    tokenizer.save_pretrained(path)
+    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    dims = (
+        {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+         "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151_936}
+        if shape == "full"
+        else {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "head_dim": 16, "intermediate_size": 128, "vocab_size": _vocab_rows(len(tokenizer))}
+    )
+    # Ids follow Qwen3-0.6B's config: `<|endoftext|>` is bos and pad, `<|im_end|>` ends a turn.
+    config = Qwen3Config(
+        **dims,
+        tie_word_embeddings=True,
+        max_position_embeddings=40_960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        rms_norm_eps=1e-6,
+        bos_token_id=pad_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).to(_DTYPE[shape])
+    model.generation_config = GenerationConfig(
+        bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id
+    )
+    model.save_pretrained(path)
+
+
+def _vocab_rows(n_tokens: int, multiple: int = 64, spare: int = 8) -> int:
+    """Embedding rows with room for a few more special tokens (e.g. `<audio>`) without resizing,
+    as Qwen3-0.6B has 151,936 rows for its 151,669 tokens."""
+    return -(-(n_tokens + spare) // multiple) * multiple
+
+
+def _build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with Qwen3's pre-tokenizer and ChatML tokens, trained on a generated corpus."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_TINY_BPE_VOCAB,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(seed), trainer=trainer)
+    # Qwen3 numbers its added tokens after the BPE vocabulary (endoftext, im_start, im_end, ...) and
+    # keeps <think>/</think> non-special, so decoding with skip_special_tokens leaves them in.
+    bpe.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    bpe.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+        model_max_length=131_072,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _corpus(seed: int, n_sentences: int = 4000) -> Iterator[str]:
+    """English-like sentences with digits and punctuation, from a small template grammar."""
+    rng = random.Random(seed)
+    def pick(words: tuple[str, ...]) -> str:
+        return rng.choice(words)
+
+    templates: tuple[Callable[[], str], ...] = (
+        lambda: f"{pick(_SUBJECTS)} {pick(_VERBS)} {pick(_OBJECTS)} {pick(_PLACES)}.",
+        lambda: f"did {pick(_SUBJECTS)} really say that {pick(_OBJECTS)} was {pick(_ADJECTIVES)}?",
+        lambda: f"{pick(_SUBJECTS)} waited {rng.randint(2, 999)} {pick(_NOUNS)}, then left.",
+        lambda: f"it's {pick(_ADJECTIVES)}; {pick(_SUBJECTS)} won't stop {pick(_PLACES)}!",
+        lambda: f"on {rng.randint(1, 28)}/{rng.randint(1, 12)}/{rng.randint(1950, 2030)} {pick(_SUBJECTS)} "
+        f"paid ${rng.randint(1, 500)}.{rng.randint(10, 99)} for {pick(_OBJECTS)}.",
+        lambda: f'"{pick(_ADJECTIVES)} and {pick(_ADJECTIVES)}," said {pick(_SUBJECTS)} '
+        f"({rng.randint(10, 99)}% sure).",
+        lambda: f"hello world, {pick(_SUBJECTS)} would like to transcribe the {pick(_ADJECTIVES)} speech.",
+    )
+    for _ in range(n_sentences):
+        sentence = rng.choice(templates)()
+        yield sentence[0].upper() + sentence[1:] if rng.random() < 0.7 else sentence
