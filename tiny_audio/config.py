@@ -375,5 +375,5 @@ def _all_keys(schema: type, prefix: str):
         full = _join(prefix, f.name)
         yield full
         child = _dataclass_in(hints[f.name])
-        if child is not None and not typing.get_origin(hints[f.name]) is list:
+        if child is not None and typing.get_origin(hints[f.name]) is not list:
             yield from _all_keys(child, full)

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny real-architecture models, built once per test session."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers.utils import logging as hf_logging
+
+from tiny_audio.config import ModelConfig
+from tiny_audio.fixtures import build_fixtures
+
+hf_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def tiny_fixtures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_fixtures(tmp_path_factory.mktemp("fixtures"), shape="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config(tiny_fixtures: dict[str, Path]):
+    """A factory: ModelConfig on the tiny fixtures, float32, with any field overridden."""
+
+    def make(**overrides: object) -> ModelConfig:
+        base = ModelConfig(
+            audio_model_id=str(tiny_fixtures["glm_asr"]),
+            text_model_id=str(tiny_fixtures["qwen3"]),
+            projector_hidden_dim=64,
+            dtype="float32",
+        )
+        base.mosa.router_hidden_dim = 16
+        base.qformer.hidden_size, base.qformer.num_heads = 32, 4
+        return dataclasses.replace(base, **overrides)
+
+    return make
+
+
+def tone(seconds: float, rate: int = 16000, freq: float = 220.0, seed: int = 0) -> np.ndarray:
+    """A short noisy tone: enough signal for the feature extractor, deterministic."""
+    t = np.arange(int(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).standard_normal(t.shape) * 0.01
+    return (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)

@@ -1,0 +1,96 @@
+"""Config errors are one line naming the key, the value and what is allowed; shipped configs validate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny_audio.compose import load_config
+from tiny_audio.config import CONFIG_DIR, ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_shipped_experiment_validates(experiment: str) -> None:
+    cfg = load_config([f"+experiments={experiment}"])
+    assert cfg.experiment == experiment
+    assert cfg.training.output_dir == f"outputs/{experiment}"
+
+
+def test_course_defaults() -> None:
+    cfg = load_config(["+experiments=mlp"])
+    t, m = cfg.training, cfg.model
+    assert (t.max_steps, t.learning_rate, t.per_device_train_batch_size) == (50000, 1e-4, 4)
+    assert (t.gradient_accumulation_steps, t.warmup_steps, t.save_steps) == (4, 1000, 1000)
+    assert (m.audio_model_id, m.text_model_id) == ("zai-org/GLM-ASR-Nano-2512", "Qwen/Qwen3-0.6B")
+    assert (m.projector_type, m.projector_pool_stride) == ("mlp", 5)
+    assert cfg.data.datasets[0].path == "speechbrain/LoquaciousSet"
+    assert (cfg.data.datasets[0].audio_column, cfg.data.datasets[0].name) == ("wav", "medium")
+
+
+def test_stages_declare_what_trains() -> None:
+    stage1, stage2, stage3 = (load_config([f"+experiments={e}"]).model for e in ("mlp", "mlp_lora", "mlp_fine_tune"))
+    assert (stage1.projector_trainable, stage1.lora.enabled) == (True, False)
+    assert (stage2.projector_trainable, stage2.lora.enabled) == (False, True)
+    assert (stage3.projector_trainable, stage3.lora.enabled) == (True, True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["training.lerning_rate=1e-4"],
+            "unknown config key 'training.lerning_rate': did you mean 'training.learning_rate'?",
+        ),
+        (
+            ["+training.lerning_rate=1e-4"],
+            "unknown config key 'training.lerning_rate': did you mean 'training.learning_rate'?",
+        ),
+        (
+            ["model.projector_type=mpl"],
+            "model.projector_type='mpl' is not allowed: choose one of mlp, mosa, moe, qformer",
+        ),
+        (["training.learning_rate=-1"], "training.learning_rate=-1.0 is not allowed: a positive number"),
+        (["training.max_steps=ten"], "training.max_steps='ten' is not allowed: expected integer"),
+        (["+experiments=nope"], "no config 'experiments/nope' in configs/: choose one of"),
+        (["training.push_to_hub=true"], "training.hub_model_id=None is not allowed: set it"),
+    ],
+)
+def test_config_errors_name_key_value_and_fix(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_typo_in_a_copied_experiment_file_is_caught(tmp_path: Path) -> None:
+    config_dir = tmp_path / "configs"
+    import shutil
+
+    shutil.copytree(CONFIG_DIR, config_dir)
+    text = (config_dir / "experiments" / "mlp.yaml").read_text().replace("projector_type", "projecter_type")
+    (config_dir / "experiments" / "my_experiment.yaml").write_text(text)
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'model\.projecter_type': did you mean 'model\.projector_type'"
+    ):
+        load_config(["+experiments=my_experiment"], config_dir=config_dir)
+
+
+def test_train_script_prints_one_line_and_exits_non_zero() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "+experiments=mlp", "training.lerning_rate=1e-4"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout.strip() == (
+        "config error: unknown config key 'training.lerning_rate': did you mean 'training.learning_rate'?"
+    )
+    assert "Traceback" not in result.stderr

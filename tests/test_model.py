@@ -1,0 +1,195 @@
+"""The SpeechLLM on tiny real-architecture checkpoints: prompts, stages, encoder loading, save/load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tone
+from tiny_audio.data.collator import collator_for
+from tiny_audio.model.build import build_model, load_pretrained, parameter_counts, save_pretrained
+from tiny_audio.model.encoder import load_audio_encoder, read_prefixed_tensors
+from tiny_audio.model.speech_llm import IGNORE_INDEX
+from tiny_audio.prompts import PromptBuilder
+
+MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
+SAMPLES = [
+    {"audio": tone(0.7, seed=1), "text": "a short one"},
+    {"audio": tone(2.3, seed=2), "text": "a much longer clip of speech"},
+    {"audio": tone(1.2, seed=3), "text": "middle"},
+]
+
+
+def inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in MODEL_INPUTS}
+
+
+@pytest.mark.parametrize("projector_type", ["mlp", "mosa", "moe", "qformer"])
+def test_mixed_length_batch_has_one_audio_token_per_projected_frame(tiny_model_config, projector_type: str) -> None:
+    model = build_model(tiny_model_config(projector_type=projector_type))
+    batch = collator_for(model, 16000)(SAMPLES)
+    per_prompt = (batch["input_ids"] == model.prompts.audio_token_id).sum(dim=1)
+    expected = model.projector.output_lengths(batch["encoder_lengths"])
+    assert per_prompt.tolist() == expected.tolist()
+    assert len(set(per_prompt.tolist())) == 3  # three lengths, three counts
+    # 100 mel frames per second, halved by the encoder's strided conv.
+    assert batch["encoder_lengths"].tolist() == [35, 115, 60]
+    model(**inputs(batch)).loss.backward()
+
+
+def test_labels_cover_only_the_transcript(tiny_model_config) -> None:
+    model = build_model(tiny_model_config())
+    batch = collator_for(model, 16000)(SAMPLES)
+    tokenizer = model.tokenizer
+    for row, sample in zip(range(3), SAMPLES, strict=True):
+        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
+        assert tokenizer.decode(labelled[:-1]) == sample["text"]
+        assert int(labelled[-1]) == model.prompts.end_of_turn_id
+        prompt_len = len(model.prompts.prompt_ids(int(model.audio_token_counts(batch["encoder_lengths"])[row])))
+        assert (batch["labels"][row, :prompt_len] == IGNORE_INDEX).all()
+
+
+def test_prompt_renders_like_the_chat_template_target(tiny_model_config) -> None:
+    model = build_model(tiny_model_config())
+    builder = PromptBuilder(model.tokenizer)
+    rendered = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<audio>\nTranscribe the audio."}, {"role": "assistant", "content": "hi there"}],
+        tokenize=False,
+        enable_thinking=False,
+    )
+    ours = model.tokenizer.decode(builder.prompt_ids(1) + builder.target_ids("hi there"))
+    assert rendered.startswith(ours)
+    assert "<think>\n\n</think>" in ours  # thinking is off in every prompt
+
+
+def test_audio_token_mismatch_names_both_numbers(tiny_model_config) -> None:
+    model = build_model(tiny_model_config())
+    batch = collator_for(model, 16000)(SAMPLES)
+    batch["encoder_lengths"] = batch["encoder_lengths"] + 10  # projector would now emit more
+    with pytest.raises(ValueError, match=r"sample 0 has 7 <audio> tokens .* emits 9 embeddings"):
+        model(**inputs(batch))
+
+
+STAGES = {
+    "projector only (stage 1)": ({"projector_trainable": True}, False, {"projector"}),
+    "lora only (stage 2)": ({"projector_trainable": False}, True, {"lora"}),
+    "projector and lora (stage 3)": ({"projector_trainable": True}, True, {"projector", "lora"}),
+}
+
+
+def _component(name: str) -> str:
+    if name.startswith("projector."):
+        return "projector"
+    if "lora_" in name:
+        return "lora"
+    return "encoder" if name.startswith("encoder.") else "llm"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_only_the_stages_parameters_get_gradients_and_frozen_weights_stay_put(tiny_model_config, stage: str) -> None:
+    overrides, lora, expected = STAGES[stage]
+    cfg = tiny_model_config(**overrides)
+    cfg.lora.enabled = lora
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if _component(n) in ("encoder", "llm")}
+    batch = collator_for(model, 16000)(SAMPLES)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(**inputs(batch)).loss.backward()
+        with_grad = {
+            _component(n) for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+        }
+        assert with_grad == expected
+        optimizer.step()
+    for name, p in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(p, frozen_before[name]), name
+    counts = parameter_counts(model)
+    assert counts["encoder"][0] == 0 and counts["llm"][0] == 0
+    assert (counts["projector"][0] > 0) == ("projector" in expected)
+
+
+def test_lora_adds_adapters_on_the_configured_modules(tiny_model_config) -> None:
+    cfg = tiny_model_config()
+    cfg.lora.enabled = True
+    model = build_model(cfg)
+    lora_modules = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in model.llm.named_parameters() if "lora_" in n}
+    assert lora_modules == {"q_proj", "v_proj"}
+
+
+def test_encoder_reads_only_the_audio_tower_shards(tiny_fixtures, tmp_path: Path) -> None:
+    source = tiny_fixtures["glm_asr"]
+    copy = tmp_path / "glm"
+    shutil.copytree(source, copy)
+    index = json.loads((copy / "model.safetensors.index.json").read_text())["weight_map"]
+    audio_shards = {f for k, f in index.items() if k.startswith("audio_tower.")}
+    for shard in set(index.values()) - audio_shards:
+        (copy / shard).unlink()  # the language model's shards are never needed
+    tensors = read_prefixed_tensors(str(copy), ("audio_tower.",))
+    assert tensors and all(not k.startswith(("language_model", "multi_modal")) for k in tensors)
+    encoder = load_audio_encoder(str(copy), torch.float32)
+    assert encoder.hidden_size == 64 and encoder.fixed_frames is None
+    assert torch.equal(encoder.module.conv1.weight, tensors["conv1.weight"])
+
+
+def test_whisper_encoder_pads_to_thirty_seconds(tiny_fixtures, tiny_model_config) -> None:
+    model = build_model(tiny_model_config(audio_model_id=str(tiny_fixtures["whisper"])))
+    assert model.encoder.fixed_frames == 3000
+    batch = collator_for(model, 16000)(SAMPLES)
+    assert batch["input_features"].shape[-1] == 3000
+    assert batch["encoder_lengths"].tolist() == [35, 115, 60]
+    model(**inputs(batch)).loss.backward()
+
+
+def test_tied_embeddings_stay_tied_and_audio_token_fits(tiny_model_config) -> None:
+    model = build_model(tiny_model_config())
+    lm = model.causal_lm
+    assert lm.get_input_embeddings().weight.data_ptr() == lm.get_output_embeddings().weight.data_ptr()
+    assert lm.get_input_embeddings().num_embeddings == 1024  # not resized: <audio> fits the spare rows
+    assert model.prompts.audio_token_id < 1024
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_save_then_load_gives_identical_logits(tiny_model_config, tmp_path: Path, lora: bool) -> None:
+    cfg = tiny_model_config(projector_type="moe")
+    cfg.lora.enabled = lora
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = collator_for(model, 16000)(SAMPLES)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # move LoRA's B matrices off zero so the adapter matters
+        optimizer.zero_grad()
+        model(**inputs(batch)).loss.backward()
+        optimizer.step()
+    model.eval()
+    save_pretrained(model, tmp_path / "saved")
+    assert (tmp_path / "saved" / "projector.safetensors").exists()
+    assert (tmp_path / "saved" / "lora" / "adapter_model.safetensors").exists() == lora
+    assert not list((tmp_path / "saved").glob("model*.safetensors"))  # frozen parts are referenced, not copied
+    loaded = load_pretrained(str(tmp_path / "saved"))
+    with torch.no_grad():
+        before = model(**inputs(batch)).lm_loss
+        after = loaded(**inputs(batch)).lm_loss
+        embeds_before, _ = model.embed_inputs(batch["input_features"], batch["encoder_lengths"], batch["input_ids"])
+        embeds_after, _ = loaded.embed_inputs(batch["input_features"], batch["encoder_lengths"], batch["input_ids"])
+        logits_before = model.llm(inputs_embeds=embeds_before, attention_mask=batch["attention_mask"]).logits
+        logits_after = loaded.llm(inputs_embeds=embeds_after, attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(logits_before, logits_after)
+    assert torch.equal(before, after)
+
+
+def test_generate_returns_text_for_each_clip(tiny_model_config) -> None:
+    model = build_model(tiny_model_config()).eval()
+    batch = collator_for(model, 16000, with_targets=False)(SAMPLES)
+    assert (batch["attention_mask"][:, -1] == 1).all()  # left padded for generation
+    new_tokens = model.generate(
+        batch["input_features"], batch["encoder_lengths"], batch["input_ids"], batch["attention_mask"], max_new_tokens=5
+    )
+    assert new_tokens.shape[0] == 3 and new_tokens.shape[1] <= 5

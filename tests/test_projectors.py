@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from tiny_audio.config import ModelConfig
+from tiny_audio.model.projectors import PROJECTORS, build_projector
+
+ENCODER_DIM, LLM_DIM = 32, 48
+
+
+def small_config(projector_type: str) -> ModelConfig:
+    cfg = ModelConfig(projector_type=projector_type, projector_pool_stride=4, projector_hidden_dim=40)
+    cfg.mosa.router_hidden_dim = 8
+    cfg.qformer.hidden_size, cfg.qformer.num_heads, cfg.qformer.window_size = 32, 4, 6
+    return cfg
+
+
+@pytest.mark.parametrize("projector_type", list(PROJECTORS))
+@pytest.mark.parametrize("length", [4, 5, 7, 8, 23, 60])
+def test_output_shape_matches_length_formula(projector_type: str, length: int) -> None:
+    torch.manual_seed(0)
+    projector = build_projector(small_config(projector_type), ENCODER_DIM, LLM_DIM)
+    frames = torch.randn(2, length, ENCODER_DIM)
+    out, _ = projector(frames, torch.tensor([length, length]))
+    expected = int(projector.output_lengths(torch.tensor([length]))[0])
+    assert out.shape == (2, expected, LLM_DIM)
+
+
+@pytest.mark.parametrize("length", [4, 9, 60])
+def test_mlp_length_formula(length: int) -> None:
+    projector = build_projector(small_config("mlp"), ENCODER_DIM, LLM_DIM)
+    assert int(projector.output_lengths(torch.tensor([length]))[0]) == (length - 4) // 4 + 1
+
+
+def test_padded_frames_do_not_change_a_samples_tokens() -> None:
+    torch.manual_seed(0)
+    projector = build_projector(small_config("qformer"), ENCODER_DIM, LLM_DIM).eval()
+    frames = torch.randn(1, 20, ENCODER_DIM)
+    alone, _ = projector(frames, torch.tensor([20]))
+    padded = torch.cat([frames, torch.randn(1, 10, ENCODER_DIM)], dim=1)
+    batched, _ = projector(padded, torch.tensor([20]))
+    n = int(projector.output_lengths(torch.tensor([20]))[0])
+    torch.testing.assert_close(batched[:, :n], alone[:, :n])
+
+
+@pytest.mark.parametrize("projector_type", list(PROJECTORS))
+def test_gradients_reach_every_parameter(projector_type: str) -> None:
+    torch.manual_seed(0)
+    projector = build_projector(small_config(projector_type), ENCODER_DIM, LLM_DIM)
+    out, aux = projector(torch.randn(3, 40, ENCODER_DIM), torch.tensor([40, 30, 12]))
+    loss = out.pow(2).mean() + (aux if aux is not None else 0)
+    loss.backward()
+    missing = [name for name, p in projector.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # Blip-2's Q-Former keeps a text-input path (word embeddings) that audio queries never use.
+    missing = [name for name in missing if "embeddings.word" not in name and "position_embeddings" not in name]
+    assert missing == []
+
+
+def test_moe_aux_loss_is_scaled_by_coefficient() -> None:
+    torch.manual_seed(0)
+    cfg = small_config("moe")
+    frames = torch.randn(2, 40, ENCODER_DIM)
+    _, aux = build_projector(cfg, ENCODER_DIM, LLM_DIM)(frames, torch.tensor([40, 40]))
+    cfg.moe.router_aux_loss_coef, cfg.moe.router_z_loss_coef = 0.0, 0.0
+    torch.manual_seed(0)
+    _, zero = build_projector(cfg, ENCODER_DIM, LLM_DIM)(frames, torch.tensor([40, 40]))
+    assert aux.item() > 0
+    assert zero.item() == 0
+
+
+def test_unknown_projector_names_the_choices() -> None:
+    cfg = small_config("mlp")
+    cfg.projector_type = "mpl"
+    with pytest.raises(ValueError, match="unknown projector 'mpl'; choose one of mlp, mosa, moe, qformer"):
+        build_projector(cfg, ENCODER_DIM, LLM_DIM)

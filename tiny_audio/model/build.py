@@ -1,0 +1,124 @@
+"""All model I/O: build a SpeechLLM from ids, save what was trained, load it back.
+
+A saved model holds its config, the projector weights, the LoRA adapter if any, and the
+tokenizer; the frozen encoder and LLM are referenced by id or path, never copied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from huggingface_hub import snapshot_download
+from omegaconf import OmegaConf
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer
+
+from tiny_audio.config import ModelConfig
+from tiny_audio.model.encoder import load_audio_encoder
+from tiny_audio.model.projectors import build_projector
+from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.prompts import AUDIO_TOKEN
+
+MODEL_CONFIG_FILE = "tiny_audio_model.json"
+PROJECTOR_FILE = "projector.safetensors"
+LORA_DIR = "lora"
+
+
+def build_model(cfg: ModelConfig) -> SpeechLLM:
+    """Load the frozen encoder and LLM, add a fresh projector (and LoRA), set trainability."""
+    dtype = getattr(torch, cfg.dtype)
+    encoder = load_audio_encoder(cfg.audio_model_id, dtype, cfg.attn_implementation)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.text_model_id)
+    tokenizer.add_tokens([AddedToken(AUDIO_TOKEN, special=True, normalized=False)], special_tokens=True)
+    llm = AutoModelForCausalLM.from_pretrained(
+        cfg.text_model_id, dtype=dtype, attn_implementation=cfg.attn_implementation
+    )
+    # Qwen3-0.6B has 151,936 rows for 151,669 tokens: the new id usually fits, and resizing a
+    # tied checkpoint would only add memory. The row's value never matters: audio replaces it.
+    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    llm.requires_grad_(False)
+    llm_dim = llm.get_input_embeddings().embedding_dim
+    projector = build_projector(cfg, encoder.hidden_size, llm_dim)
+    projector.requires_grad_(cfg.projector_trainable)
+    if cfg.lora.enabled:
+        lora = PeftLoraConfig(
+            r=cfg.lora.rank,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        llm = get_peft_model(llm, lora)
+    return SpeechLLM(encoder, projector, llm, tokenizer, cfg)
+
+
+def save_pretrained(model: SpeechLLM, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(OmegaConf.structured(model.config))
+    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(_contiguous(model.projector.state_dict()), str(directory / PROJECTOR_FILE))
+    if isinstance(model.llm, PeftModel):
+        model.llm.save_pretrained(str(directory / LORA_DIR))
+    model.tokenizer.save_pretrained(str(directory))
+
+
+def load_weights(model: SpeechLLM, directory: Path, *, lora: bool = True) -> list[str]:
+    """Load projector (and, if asked and present, LoRA) weights saved in `directory`; returns what loaded."""
+    loaded = []
+    model.projector.load_state_dict(load_file(str(directory / PROJECTOR_FILE)))
+    loaded.append("projector")
+    adapter = directory / LORA_DIR / "adapter_model.safetensors"
+    if lora and adapter.exists() and isinstance(model.llm, PeftModel):
+        result = set_peft_model_state_dict(model.llm, load_file(str(adapter)))
+        if result.unexpected_keys:
+            raise ValueError(f"LoRA adapter in {directory} does not fit this model: {result.unexpected_keys[:3]}")
+        loaded.append("lora")
+    return loaded
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    raw = json.loads((directory / MODEL_CONFIG_FILE).read_text())
+    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def load_pretrained(path_or_id: str, **overrides: object) -> SpeechLLM:
+    """Load a saved model (a directory, a checkpoint directory or a hub repo id) for inference."""
+    directory = Path(path_or_id)
+    if not directory.is_dir():
+        directory = Path(snapshot_download(path_or_id))
+    if not (directory / MODEL_CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{path_or_id} holds no {MODEL_CONFIG_FILE}: not a saved tiny-audio model")
+    cfg = dataclasses.replace(read_model_config(directory), **overrides)
+    model = build_model(cfg)
+    load_weights(model, directory)
+    return model.eval()
+
+
+def lora_state_dict(model: SpeechLLM) -> dict[str, torch.Tensor]:
+    return get_peft_model_state_dict(model.llm) if isinstance(model.llm, PeftModel) else {}
+
+
+def parameter_counts(model: SpeechLLM) -> dict[str, tuple[int, int]]:
+    """(trainable, total) parameters per component."""
+    lora = {name for name, _ in model.llm.named_parameters() if "lora_" in name}
+    groups: dict[str, tuple[int, int]] = {}
+    for component, module in (("encoder", model.encoder), ("projector", model.projector)):
+        params = list(module.parameters())
+        groups[component] = (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+    llm_params = [(n, p) for n, p in model.llm.named_parameters() if n not in lora]
+    lora_params = [p for n, p in model.llm.named_parameters() if n in lora]
+    groups["llm"] = (sum(p.numel() for _, p in llm_params if p.requires_grad), sum(p.numel() for _, p in llm_params))
+    if lora_params:
+        groups["lora"] = (sum(p.numel() for p in lora_params if p.requires_grad), sum(p.numel() for p in lora_params))
+    return groups
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}

@@ -1,0 +1,124 @@
+"""SpeechLLM: frozen encoder -> projector -> frozen (optionally LoRA-adapted) LLM.
+
+The constructor takes built modules; all loading and saving lives in `tiny_audio.model.build`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tiny_audio.config import ModelConfig
+from tiny_audio.model.encoder import AudioEncoder
+from tiny_audio.prompts import PromptBuilder
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class SpeechLLMOutput:
+    loss: Tensor  # language-model loss plus any projector auxiliary loss
+    lm_loss: Tensor
+    aux_loss: Tensor | None
+    num_target_tokens: int
+
+
+class SpeechLLM(nn.Module):
+    def __init__(
+        self,
+        encoder: AudioEncoder,
+        projector: nn.Module,
+        llm: PreTrainedModel | PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ModelConfig,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.config = config
+        self.prompts = PromptBuilder(tokenizer)
+
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The underlying causal LM; LoRA layers, if any, are injected into it in place."""
+        return self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+
+    def audio_token_counts(self, encoder_lengths: Tensor) -> Tensor:
+        return self.projector.output_lengths(encoder_lengths)
+
+    def embed_inputs(
+        self, input_features: Tensor, encoder_lengths: Tensor, input_ids: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Prompt embeddings with each sample's `<audio>` positions replaced by its projected audio."""
+        hidden = self.encoder(input_features)  # B, T_enc, D_enc
+        projected, aux_loss = self.projector(hidden.float(), encoder_lengths)  # B, T_out, H
+        counts = self.audio_token_counts(encoder_lengths)
+        audio_mask = input_ids == self.prompts.audio_token_id
+        placeholders = audio_mask.sum(dim=1)
+        if not torch.equal(placeholders.cpu(), counts.cpu()):
+            bad = int((placeholders != counts).nonzero()[0, 0])
+            raise ValueError(
+                f"sample {bad} has {int(placeholders[bad])} <audio> tokens in its prompt but the projector "
+                f"emits {int(counts[bad])} embeddings for it; build prompts with the collator's PromptBuilder"
+            )
+        valid = torch.arange(projected.shape[1], device=projected.device)[None, :] < counts[:, None].to(
+            projected.device
+        )
+        embeds = self.causal_lm.get_input_embeddings()(input_ids)
+        audio = projected[valid].to(embeds.dtype)  # N_audio, H in batch order, as masked_scatter fills
+        embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), audio)
+        return embeds, aux_loss
+
+    def forward(
+        self,
+        input_features: Tensor,
+        encoder_lengths: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor,
+        **_: object,
+    ) -> SpeechLLMOutput:
+        embeds, aux_loss = self.embed_inputs(input_features, encoder_lengths, input_ids)
+        lm = self.causal_lm
+        decoder = getattr(lm, lm.base_model_prefix)
+        hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        # Project to the vocabulary only where there is a target: audio and prompt positions
+        # would otherwise cost B x T x 151,936 logits for nothing.
+        targets = labels[:, 1:]
+        selected = targets != IGNORE_INDEX
+        logits = lm.get_output_embeddings()(hidden[:, :-1][selected]).float()
+        lm_loss = F.cross_entropy(logits, targets[selected])
+        loss = lm_loss if aux_loss is None else lm_loss + aux_loss
+        return SpeechLLMOutput(loss, lm_loss, aux_loss, int(selected.sum()))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_features: Tensor,
+        encoder_lengths: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int = 128,
+        **generate_kwargs: object,
+    ) -> Tensor:
+        """Greedy decoding from left-padded prompts; returns only the new token ids."""
+        embeds, _ = self.embed_inputs(input_features, encoder_lengths, input_ids)
+        return self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.prompts.end_of_turn_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **generate_kwargs,
+        )
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}

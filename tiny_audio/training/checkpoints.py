@@ -1,0 +1,134 @@
+"""Checkpoints that cannot be half-written: built in a hidden temp dir, renamed into place.
+
+A complete checkpoint `checkpoint-N/` holds a loadable model (see model.build.save_pretrained),
+`training_state.pt` (optimizer, scheduler, RNG, data position, counters) and, written last,
+`trainer_state.json`. Anything without that file, or whose name starts with '.', is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.json"
+TRAINING_STATE_FILE = "training_state.pt"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete(directory: Path) -> bool:
+    return directory.is_dir() and _NAME.match(directory.name) is not None and (directory / STATE_FILE).exists()
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [d for d in output_dir.iterdir() if is_complete(d)]
+    return sorted(found, key=lambda d: int(_NAME.match(d.name).group(1)))  # type: ignore[union-attr]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = complete_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(value: str, output_dir: Path) -> Path:
+    """`latest` -> newest complete checkpoint in the run's output dir; else the given path, checked."""
+    if value == "latest":
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            raise FileNotFoundError(
+                f"training.resume_from_checkpoint=latest: no complete checkpoint in {output_dir}; "
+                "start without it, or pass a checkpoint path"
+            )
+        return found
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"training.resume_from_checkpoint={value!r}: no such directory")
+    if not (path / STATE_FILE).exists():
+        raise FileNotFoundError(
+            f"training.resume_from_checkpoint={value!r} is not a complete checkpoint (no {STATE_FILE}); "
+            f"the newest complete one is {latest_checkpoint(path.parent)}"
+        )
+    return path
+
+
+def write_checkpoint(
+    output_dir: Path,
+    step: int,
+    write_contents: Any,
+    trainer_state: dict[str, Any],
+    training_state: dict[str, Any],
+) -> Path:
+    """Write checkpoint-`step` atomically; `write_contents(dir)` writes the model files."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / f"checkpoint-{step}"
+    staging = output_dir / f".checkpoint-{step}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    write_contents(staging)
+    torch.save(training_state, staging / TRAINING_STATE_FILE)
+    (staging / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+    _fsync_dir(staging)
+    if final.exists():
+        # A checkpoint at the same step (a resumed run saving again) is replaced, never merged.
+        stale = output_dir / f".checkpoint-{step}.old"
+        shutil.rmtree(stale, ignore_errors=True)
+        final.rename(stale)
+        staging.rename(final)
+        shutil.rmtree(stale)
+    else:
+        staging.rename(final)
+    _fsync_dir(output_dir)
+    return final
+
+
+def prune_checkpoints(output_dir: Path, keep: int, protect: Path | None = None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `keep`; never the newest, nor `protect`."""
+    found = complete_checkpoints(output_dir)
+    removable = [d for d in found[:-1] if d != protect]
+    excess = len(found) - keep
+    removed = removable[: max(excess, 0)]
+    for directory in removed:
+        shutil.rmtree(directory)
+    return removed
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def load_training_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint / TRAINING_STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,108 @@
+"""The recipe: config -> model, data, trainer -> train. `scripts/train.py` and `ta train` call `run`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from tiny_audio.config import Config
+from tiny_audio.data.collator import collator_for
+from tiny_audio.data.stream import build_eval_stream, build_train_stream
+from tiny_audio.model.build import build_model, parameter_counts
+from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.training import checkpoints
+from tiny_audio.training.trainer import Callback, Trainer, TrainState
+
+
+def describe_parameters(model: SpeechLLM) -> str:
+    rows = [
+        f"  {name:<10} trainable {trainable:>13,} of {total:>13,}"
+        for name, (trainable, total) in parameter_counts(model).items()
+    ]
+    return "Parameters:\n" + "\n".join(rows)
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    tracker = None if cfg.training.report_to == "none" else cfg.training.report_to
+    mixed = "bf16" if cfg.training.bf16 and (torch.cuda.is_available() or cfg.model.dtype == "bfloat16") else "no"
+    return Accelerator(mixed_precision=mixed, log_with=tracker, project_dir=cfg.training.output_dir)
+
+
+def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> TrainState:
+    args = cfg.training
+    output_dir = Path(args.output_dir or "outputs")
+    set_seed(args.seed)
+    accelerator = make_accelerator(cfg)
+    model = build_model(cfg.model)
+    log(describe_parameters(model))
+    collator = collator_for(model, cfg.data.sample_rate)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    train_loader = StatefulDataLoader(
+        build_train_stream(cfg.data, rank=rank, world_size=world),
+        batch_size=args.per_device_train_batch_size,
+        collate_fn=collator,
+        num_workers=cfg.data.num_workers,
+    )
+    eval_stream = build_eval_stream(cfg.data, rank=rank, world_size=world)
+
+    def eval_loader() -> DataLoader:
+        return DataLoader(eval_stream, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+
+    model = accelerator.prepare(model)
+    trainer = Trainer(cfg, model, accelerator, train_loader, eval_loader, callbacks or [], log=log)
+    if args.resume_from_checkpoint:
+        trainer.resume(checkpoints.resolve_resume(args.resume_from_checkpoint, output_dir))
+    if accelerator.trackers or args.report_to != "none":
+        accelerator.init_trackers(
+            "tiny-audio",
+            config=_flat_config(cfg),
+            init_kwargs=_tracker_kwargs(cfg, output_dir),
+        )
+    try:
+        return trainer.fit()
+    finally:
+        accelerator.end_training()
+
+
+def _flat_config(cfg: Config) -> dict[str, Any]:
+    container = OmegaConf.to_container(OmegaConf.structured(cfg))
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}" if prefix else str(key))
+        else:
+            flat[prefix] = node if not isinstance(node, list) else str(node)
+
+    walk(container, "")
+    return flat
+
+
+def _tracker_kwargs(cfg: Config, output_dir: Path) -> dict[str, Any]:
+    name = cfg.training.run_name or cfg.experiment
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return {"wandb": {"name": name, "dir": str(output_dir)}} if cfg.training.report_to == "wandb" else {}
+
+
+def main(overrides: list[str]) -> int:
+    """Entry point shared by scripts/train.py and `ta train`: one-line errors, no traceback wall."""
+    from tiny_audio.compose import load_config
+    from tiny_audio.config import ConfigError
+
+    try:
+        cfg = load_config(overrides)
+    except ConfigError as error:
+        print(f"config error: {error}")
+        return 2
+    os.makedirs(cfg.training.output_dir or "outputs", exist_ok=True)
+    run(cfg)
+    return 0

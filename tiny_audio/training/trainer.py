@@ -1,0 +1,315 @@
+"""The training loop: accumulate, clip, skip non-finite updates, log, evaluate, checkpoint, stop cleanly.
+
+Built on accelerate (device placement, mixed precision, DDP) rather than HF Trainer so that a
+checkpoint holds only trainable weights, is written atomically, and restores the exact data
+position of a streaming dataset instead of replaying it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import send_to_device
+from transformers import get_scheduler
+
+from tiny_audio.config import Config
+from tiny_audio.data.skips import SkipLedger
+from tiny_audio.model.build import load_weights, save_pretrained
+from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.training import checkpoints
+from tiny_audio.training.progress import StepTimer, progress_line
+
+MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    samples_seen: int = 0
+    audio_seconds: float = 0.0
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+    best_eval_loss: float | None = None
+    best_checkpoint: str | None = None
+    history: dict[str, list[float]] = field(default_factory=lambda: {"train_loss": [], "eval_loss": []})
+
+
+class Callback:
+    """Hooks the loop calls; subclasses override what they need."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
+    def on_save(self, trainer: Trainer, checkpoint: Path) -> None: ...
+    def on_train_end(self, trainer: Trainer, status: str) -> None: ...
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        model: SpeechLLM,
+        accelerator: Accelerator,
+        train_loader: Any,
+        eval_loader_factory: Callable[[], Iterable[dict[str, Any]]] | None,
+        callbacks: list[Callback],
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg, self.model, self.accelerator = cfg, model, accelerator
+        self.args = cfg.training
+        self.output_dir = Path(self.args.output_dir or "outputs")
+        self.train_loader = train_loader
+        self.eval_loader_factory = eval_loader_factory
+        self.callbacks = callbacks
+        self.log = log
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+        self.scheduler = get_scheduler(
+            self.args.lr_scheduler_type,
+            self.optimizer,
+            num_warmup_steps=self.args.warmup_steps,
+            num_training_steps=self.args.max_steps,
+        )
+        self.state = TrainState()
+        self.skips = SkipLedger()
+        self.stop_reason: str | None = None
+        self._interrupts = 0
+
+    # --- resume --------------------------------------------------------------------------
+
+    def trainable_components(self) -> dict[str, bool]:
+        return {"projector": self.cfg.model.projector_trainable, "lora": self.cfg.model.lora.enabled}
+
+    def resume(self, checkpoint: Path) -> None:
+        """Same stage: restore everything. Another stage: take its weights, start a fresh optimizer."""
+        saved = checkpoints.read_trainer_state(checkpoint)
+        if saved.get("trainable") == self.trainable_components():
+            load_weights(self.model, checkpoint)
+            state = checkpoints.load_training_state(checkpoint)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.train_loader.load_state_dict(state["dataloader"])
+            self.skips.load_state_dict(state["skips"])
+            self.state = TrainState(**state["train_state"])
+            checkpoints.set_rng_state(state["rng"])
+            self.log(
+                f"Resumed from {checkpoint} at step {self.state.step}: weights, optimizer, data position restored."
+            )
+            return
+        loaded = load_weights(self.model, checkpoint, lora=self.cfg.model.lora.enabled)
+        self.log(
+            f"Starting a new stage from {checkpoint} (step {saved.get('step')}): loaded {', '.join(loaded)} weights; "
+            f"now training {', '.join(k for k, v in self.trainable_components().items() if v)} "
+            "with a fresh optimizer and schedule."
+        )
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def fit(self) -> TrainState:
+        self._install_signal_handlers()
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        status = "failed"
+        try:
+            self._loop()
+            status = "interrupted" if self.stop_reason else "completed"
+        finally:
+            self._restore_signal_handlers()
+            for callback in self.callbacks:
+                callback.on_train_end(self, status)
+        return self.state
+
+    def _loop(self) -> None:
+        args = self.args
+        self.model.train()
+        batches = iter(self.train_loader)
+        timer = StepTimer()
+        window: list[float] = []
+        window_samples, window_start = 0, time.perf_counter()
+        while self.state.step < args.max_steps and self.stop_reason is None:
+            loss, grad_norm, samples = self._train_step(batches)
+            self.state.step += 1
+            timer.tick()
+            if loss is not None:
+                window.append(loss)
+            window_samples += samples
+            step = self.state.step
+            if step % args.logging_steps == 0 or step == args.max_steps:
+                elapsed = time.perf_counter() - window_start
+                self._log_progress(window, grad_norm, window_samples / max(elapsed, 1e-9), timer)
+                window, window_samples, window_start = [], 0, time.perf_counter()
+            if step % args.eval_steps == 0 or step == args.max_steps:
+                self.evaluate()
+                timer.restart()
+            if step % args.save_steps == 0 or step == args.max_steps or self.stop_reason:
+                self.save()
+                timer.restart()
+        if self.stop_reason:
+            self.log(
+                f"Stopped at step {self.state.step} ({self.stop_reason}). Resume with: "
+                f"training.resume_from_checkpoint=latest training.output_dir={self.output_dir}"
+            )
+
+    def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float | None, float, int]:
+        """One optimizer update over `gradient_accumulation_steps` micro-batches."""
+        accumulation = self.args.gradient_accumulation_steps
+        total, samples = 0.0, 0
+        for micro in range(accumulation):
+            batch = next(batches)
+            self.skips.extend(batch["skipped"])
+            samples += len(batch["texts"])
+            self.state.audio_seconds += batch["audio_seconds"]
+            inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
+            sync = micro == accumulation - 1
+            with self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext():
+                with self.accelerator.autocast():
+                    output = self.model(**inputs)
+                self.accelerator.backward(output.loss / accumulation)
+            total += float(output.loss.detach())
+        self.state.samples_seen += samples
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.args.max_grad_norm))
+        loss = total / accumulation
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self._skip_update(loss, grad_norm)
+            return None, grad_norm, samples
+        self.state.nonfinite_in_row = 0
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, samples
+
+    def _skip_update(self, loss: float, grad_norm: float) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.nonfinite_in_row += 1
+        self.state.nonfinite_total += 1
+        self.log(
+            f"Step {self.state.step + 1}: non-finite loss ({loss}) or grad norm ({grad_norm}); update skipped "
+            f"({self.state.nonfinite_in_row} in a row, {self.state.nonfinite_total} in total)"
+        )
+        if self.state.nonfinite_in_row >= self.args.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.state.nonfinite_in_row} non-finite updates in a row (training.max_nonfinite_steps="
+                f"{self.args.max_nonfinite_steps}); lower training.learning_rate or check the data"
+            )
+
+    def _log_progress(self, window: list[float], grad_norm: float, samples_per_second: float, timer: StepTimer) -> None:
+        step, max_steps = self.state.step, self.args.max_steps
+        loss = sum(window) / len(window) if window else float("nan")
+        lr = self.scheduler.get_last_lr()[0]
+        eta = timer.eta(max_steps - step)
+        cost = None
+        if self.args.gpu_hourly_usd is not None:
+            elapsed_hours = sum(timer.durations) / 3600 * step / max(len(timer.durations), 1)
+            cost = (elapsed_hours * self.args.gpu_hourly_usd, (elapsed_hours + eta / 3600) * self.args.gpu_hourly_usd)
+        audio_hours = self.state.audio_seconds / 3600
+        self.log(progress_line(step, max_steps, loss, grad_norm, lr, eta, samples_per_second, audio_hours, cost))
+        if window:
+            self.state.history["train_loss"].append(loss)
+        metrics = {
+            "train/loss": loss,
+            "train/grad_norm": grad_norm,
+            "train/learning_rate": lr,
+            "train/samples_per_second": samples_per_second,
+            "train/audio_hours": audio_hours,
+            "train/nonfinite_updates": float(self.state.nonfinite_total),
+        }
+        metrics.update({f"data/skipped_{reason}": float(n) for reason, n in self.skips.counts().items()})
+        if self.skips.total:
+            self.log(self.skips.summary())
+        self.accelerator.log(metrics, step=step)
+        for callback in self.callbacks:
+            callback.on_log(self, metrics)
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        if self.eval_loader_factory is None:
+            return {}
+        self.model.eval()
+        total, tokens = 0.0, 0
+        for batch in self.eval_loader_factory():
+            inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
+            with self.accelerator.autocast():
+                output = self.model(**inputs)
+            total += float(output.lm_loss) * output.num_target_tokens
+            tokens += output.num_target_tokens
+        self.model.train()
+        metrics: dict[str, Any] = {"eval/loss": total / tokens if tokens else float("nan")}
+        self.state.history["eval_loss"].append(metrics["eval/loss"])
+        for callback in self.callbacks:
+            callback.on_evaluate(self, metrics)
+        self.log(f"Eval at step {self.state.step} | " + " | ".join(_describe(k, v) for k, v in metrics.items()))
+        self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.step)
+        return metrics
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    def save(self) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        trainer_state = {
+            "step": self.state.step,
+            "max_steps": self.args.max_steps,
+            "experiment": self.cfg.experiment,
+            "trainable": self.trainable_components(),
+            "train_loss": self.state.history["train_loss"][-1:] or None,
+            "eval_loss": self.state.history["eval_loss"][-1:] or None,
+        }
+        training_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "dataloader": self.train_loader.state_dict(),
+            "skips": self.skips.state_dict(),
+            "train_state": asdict(self.state),
+            "rng": checkpoints.rng_state(),
+        }
+        path = checkpoints.write_checkpoint(
+            self.output_dir, self.state.step, lambda d: save_pretrained(model, d), trainer_state, training_state
+        )
+        best = Path(self.state.best_checkpoint) if self.state.best_checkpoint else None
+        checkpoints.prune_checkpoints(self.output_dir, self.args.save_total_limit, protect=best)
+        self.log(f"Saved {path}")
+        for callback in self.callbacks:
+            callback.on_save(self, path)
+        return path
+
+    # --- signals ---------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+
+    def _install_signal_handlers(self) -> None:
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self._previous:
+            signal.signal(sig, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._interrupts += 1
+        name = signal.Signals(signum).name
+        if self._interrupts > 1:
+            raise KeyboardInterrupt(f"second {name}: exiting without saving")
+        self.log(f"{name} received: finishing this step, saving a checkpoint, then exiting (again to quit at once).")
+        self.request_stop(name)
+
+
+def _describe(key: str, value: Any) -> str:
+    return f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}"
