@@ -1,0 +1,31 @@
+# One place for set-up, the embedded default run and the test gate (README and CI call these).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# torch first and pinned: an unpinned torch from another package's requirements would pull
+# several GB of CUDA wheels on machines that already have a suitable build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test lint
+
+$(BIN)/ta: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(BIN)/ta
+
+setup: $(BIN)/ta
+
+# The embedded default: tiny random-weight models and espeak-ng speech, trained on the CPU.
+demo: setup
+	$(BIN)/ta fixtures .fixtures/tiny
+	$(BIN)/ta data synth .data/synth
+	$(BIN)/python scripts/train.py +experiments=tiny
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
