@@ -1,0 +1,84 @@
+"""Counting unusable samples by reason, so a run can report exactly what it dropped and why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Reasons a record is skipped. Streams emit these names; keep them short and stable because
+# they become tracker metric names and checkpoint keys.
+UNREADABLE_AUDIO = "unreadable_audio"  # the bytes/file does not decode (corrupt, truncated, missing file)
+MISSING_AUDIO = "missing_audio"  # the audio cell is null
+BAD_AUDIO_TYPE = "bad_audio_type"  # the audio cell is neither bytes, a path, nor {bytes, path}
+EMPTY_AUDIO = "empty_audio"  # decodes to zero samples
+NON_FINITE_AUDIO = "non_finite_audio"  # NaN or Inf samples
+SILENT_AUDIO = "silent_audio"  # every sample below one 16-bit step
+TOO_SHORT = "too_short"  # shorter than data.min_duration
+TOO_LONG = "too_long"  # longer than data.max_duration (the encoder's 30 s window)
+EMPTY_TEXT = "empty_text"  # null, or nothing left after normalisation
+BAD_TEXT_TYPE = "bad_text_type"  # the transcript cell is not a string
+TOO_FEW_WORDS = "too_few_words"  # fewer than data.min_words words
+JUNK_MARKER = "junk_marker"  # contains one of data.junk_markers
+
+REASONS = (
+    UNREADABLE_AUDIO,
+    MISSING_AUDIO,
+    BAD_AUDIO_TYPE,
+    EMPTY_AUDIO,
+    NON_FINITE_AUDIO,
+    SILENT_AUDIO,
+    TOO_SHORT,
+    TOO_LONG,
+    EMPTY_TEXT,
+    BAD_TEXT_TYPE,
+    TOO_FEW_WORDS,
+    JUNK_MARKER,
+)
+
+
+class Unusable(ValueError):
+    """A record that cannot be trained on; `reason` is one of the names above."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class SkipLedger:
+    """Unique skipped sample ids per reason.
+
+    Streams re-read their sources pass after pass, so the same bad sample is reported again;
+    counting ids rather than events keeps the totals equal to the number of bad samples.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, set[str]] = {}
+
+    def add(self, reason: str, sample_id: str) -> None:
+        self._ids.setdefault(reason, set()).add(sample_id)
+
+    def extend(self, pairs: Iterable[tuple[str, str]]) -> None:
+        for reason, sample_id in pairs:
+            self.add(reason, sample_id)
+
+    def counts(self) -> dict[str, int]:
+        """Unique sample ids per reason, most frequent first."""
+        ranked = sorted(self._ids.items(), key=lambda item: (-len(item[1]), item[0]))
+        return {reason: len(ids) for reason, ids in ranked}
+
+    @property
+    def total(self) -> int:
+        return sum(len(ids) for ids in self._ids.values())
+
+    def summary(self) -> str:
+        """One line, e.g. 'skipped 7 samples: empty_audio 3, unreadable_audio 2, empty_text 2'."""
+        if not self.total:
+            return "skipped 0 samples"
+        parts = ", ".join(f"{reason} {count}" for reason, count in self.counts().items())
+        plural = "" if self.total == 1 else "s"
+        return f"skipped {self.total} sample{plural}: {parts}"
+
+    def state_dict(self) -> dict[str, list[str]]:
+        return {reason: sorted(ids) for reason, ids in self._ids.items()}
+
+    def load_state_dict(self, state: dict[str, list[str]]) -> None:
+        self._ids = {reason: set(ids) for reason, ids in state.items()}

@@ -1,0 +1,219 @@
+"""Open the configured datasets with `datasets` (streaming by default) as one record stream.
+
+Every split, whatever its origin (a Hub id or a local directory) and audio column type, is mapped
+to the same undecoded schema (COMMON_FEATURES) so that splits can be concatenated and datasets
+interleaved. Decoding happens later, in the stream, where bad records are caught and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import (
+    Audio,
+    Features,
+    IterableDataset,
+    Value,
+    concatenate_datasets,
+    interleave_datasets,
+    load_dataset,
+)
+from datasets.exceptions import DatasetNotFoundError
+
+from tiny_audio.config import DataConfig, DatasetConfig
+from tiny_audio.data import skips
+from tiny_audio.data.local import AUDIOFOLDER_FILE_COLUMN, find_local_splits
+
+COMMON_FEATURES = Features(
+    {
+        "audio_bytes": Value("binary"),
+        "audio_path": Value("string"),
+        "text": Value("string"),
+        # A reason from `skips` when the cell has the wrong type; the stream skips the record.
+        "audio_problem": Value("string"),
+        "text_problem": Value("string"),
+        "sample_id": Value("string"),  # stable across passes: dataset/split/file name or content hash
+        "dataset": Value("string"),
+    }
+)
+# A map-style split becomes this many shards at most, so dataloader workers and ranks can
+# share it by shards rather than each reading every row.
+MAX_LOCAL_SHARDS = 64
+
+
+class DataSourceError(ValueError):
+    """A dataset entry that cannot be opened as configured; the message names what exists."""
+
+
+def dataset_label(dataset: DatasetConfig) -> str:
+    return f"{dataset.path}:{dataset.name}" if dataset.name else dataset.path
+
+
+def train_records(cfg: DataConfig) -> IterableDataset:
+    """All train splits, shuffled when cfg.shuffle_buffer > 0, interleaved by sampling_weight.
+
+    Interleaving stops when the first dataset runs out, so a pass never repeats a record; the
+    stream then starts the next pass with a new shuffle.
+    """
+    sources = []
+    for index, dataset in enumerate(cfg.datasets):
+        parts = [open_split(dataset, index, split, streaming=cfg.streaming) for split in dataset.train_splits]
+        records = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        if cfg.shuffle_buffer > 0:
+            records = records.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
+        sources.append(records)
+    if len(sources) == 1:
+        mixed = sources[0]
+    else:
+        total = sum(dataset.sampling_weight for dataset in cfg.datasets)
+        mixed = interleave_datasets(
+            sources,
+            probabilities=[dataset.sampling_weight / total for dataset in cfg.datasets],
+            seed=cfg.seed,
+            stopping_strategy="first_exhausted",
+        )
+    return mixed.take(cfg.max_train_samples) if cfg.max_train_samples else mixed
+
+
+def eval_records(cfg: DataConfig) -> IterableDataset:
+    """Every eval split of every dataset, in config order, capped at cfg.max_eval_samples."""
+    parts = [
+        open_split(dataset, index, split, streaming=cfg.streaming)
+        for index, dataset in enumerate(cfg.datasets)
+        for split in dataset.eval_splits
+    ]
+    records = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    return records.take(cfg.max_eval_samples) if cfg.max_eval_samples else records
+
+
+def open_split(dataset: DatasetConfig, index: int, split: str, *, streaming: bool) -> IterableDataset:
+    """One split of one dataset entry, as undecoded records in COMMON_FEATURES."""
+    records, base_dir = _load_split(dataset, index, split, streaming=streaming)
+    columns = _column_names(records, dataset, split)
+    if (
+        dataset.audio_column not in columns
+        and dataset.audio_column == "audio"
+        and AUDIOFOLDER_FILE_COLUMN in columns
+        and base_dir is not None
+    ):
+        records = records.rename_column(AUDIOFOLDER_FILE_COLUMN, "audio")
+        columns = [("audio" if name == AUDIOFOLDER_FILE_COLUMN else name) for name in columns]
+    for role, column in (("audio_column", dataset.audio_column), ("text_column", dataset.text_column)):
+        if column not in columns:
+            raise DataSourceError(
+                f"dataset '{dataset_label(dataset)}' split '{split}' has no column '{column}' "
+                f"(data.datasets[{index}].{role}); its columns are: {', '.join(columns)}"
+            )
+    records = records.select_columns([dataset.audio_column, dataset.text_column])
+    if isinstance(records.features, Features) and isinstance(records.features[dataset.audio_column], Audio):
+        # Keep bytes/path: decoding through `datasets` would need torchcodec.
+        records = records.cast_column(dataset.audio_column, Audio(decode=False))
+    if not isinstance(records, IterableDataset):
+        records = records.to_iterable_dataset(num_shards=max(1, min(len(records), MAX_LOCAL_SHARDS)))
+    to_common = ToCommon(
+        dataset=dataset_label(dataset),
+        split=split,
+        audio_column=dataset.audio_column,
+        text_column=dataset.text_column,
+        base_dir=base_dir,
+    )
+    return records.map(to_common, remove_columns=[dataset.audio_column, dataset.text_column], features=COMMON_FEATURES)
+
+
+def _load_split(dataset: DatasetConfig, index: int, split: str, *, streaming: bool) -> tuple[Any, str | None]:
+    """The raw split (IterableDataset when streaming, else Dataset) and the directory for relative paths."""
+    root = Path(dataset.path)
+    if root.is_dir():
+        local = find_local_splits(root)
+        _require_split(dataset, index, split, list(local))
+        files = local[split]
+        records = load_dataset(files.builder, data_files={split: list(files.files)}, split=split, streaming=streaming)
+        return records, files.base_dir
+    try:
+        # Streaming only resolves file lists, so this is cheap even for terabyte datasets.
+        available = load_dataset(dataset.path, dataset.name, streaming=True)
+    except DatasetNotFoundError as error:
+        raise DataSourceError(
+            f"data.datasets[{index}].path='{dataset.path}' is neither a local directory nor a dataset "
+            f"on the Hub: {error}"
+        ) from error
+    _require_split(dataset, index, split, list(available))
+    if streaming:
+        return available[split], None
+    return load_dataset(dataset.path, dataset.name, split=split), None
+
+
+def _require_split(dataset: DatasetConfig, index: int, split: str, available: list[str]) -> None:
+    if split not in available:
+        raise DataSourceError(
+            f"dataset '{dataset_label(dataset)}' has no split '{split}' (data.datasets[{index}]); "
+            f"its splits are: {', '.join(available) or 'none found'}"
+        )
+
+
+def _column_names(records: Any, dataset: DatasetConfig, split: str) -> list[str]:
+    if records.column_names is not None:
+        return list(records.column_names)
+    # Streaming csv/json learn their columns from the first rows, so read one.
+    first = next(iter(records.take(1)), None)
+    if first is None:
+        raise DataSourceError(f"dataset '{dataset_label(dataset)}' split '{split}' has no rows")
+    return list(first)
+
+
+@dataclass(frozen=True)
+class ToCommon:
+    """Map one raw row to COMMON_FEATURES. A class rather than a closure so workers can pickle it."""
+
+    dataset: str
+    split: str
+    audio_column: str
+    text_column: str
+    base_dir: str | None
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        audio_bytes, audio_path, audio_problem = self._audio(row[self.audio_column])
+        text = row[self.text_column]
+        text_problem = None
+        if text is not None and not isinstance(text, str):
+            text, text_problem = None, skips.BAD_TEXT_TYPE
+        return {
+            "audio_bytes": audio_bytes,
+            "audio_path": self._resolve(audio_path),
+            "text": text,
+            "audio_problem": audio_problem,
+            "text_problem": text_problem,
+            "sample_id": f"{self.dataset}/{self.split}/{_sample_name(audio_bytes, audio_path, row)}",
+            "dataset": self.dataset,
+        }
+
+    @staticmethod
+    def _audio(cell: Any) -> tuple[bytes | None, str | None, str | None]:
+        if cell is None:
+            return None, None, skips.MISSING_AUDIO
+        if isinstance(cell, str):
+            return None, cell, None
+        if isinstance(cell, (bytes, bytearray)):
+            return bytes(cell), None, None
+        if isinstance(cell, dict) and ({"bytes", "path"} & cell.keys()):
+            data, path = cell.get("bytes"), cell.get("path")
+            if data is None and path is None:
+                return None, None, skips.MISSING_AUDIO
+            return data, path, None
+        return None, None, skips.BAD_AUDIO_TYPE
+
+    def _resolve(self, path: str | None) -> str | None:
+        if path is None or self.base_dir is None or "://" in path:
+            return path
+        return str(Path(self.base_dir) / path)
+
+
+def _sample_name(audio_bytes: bytes | None, audio_path: str | None, row: dict[str, Any]) -> str:
+    """The clip's own name where it has one, else a content hash, so ids survive reshuffling."""
+    if audio_path:
+        return audio_path
+    content = audio_bytes if audio_bytes is not None else repr(sorted(row.items())).encode()
+    return "sha1:" + hashlib.sha1(content).hexdigest()[:16]
