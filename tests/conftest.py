@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from transformers.utils import logging as hf_logging
 
-from tiny_audio.config import ModelConfig
+from tiny_audio.config import Config, DatasetConfig, ModelConfig
 from tiny_audio.fixtures import build_fixtures
 
 hf_logging.disable_progress_bar()
@@ -43,3 +43,42 @@ def tone(seconds: float, rate: int = 16000, freq: float = 220.0, seed: int = 0) 
     t = np.arange(int(seconds * rate)) / rate
     noise = np.random.default_rng(seed).standard_normal(t.shape) * 0.01
     return (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+@pytest.fixture
+def tiny_run_config(tiny_model_config, tmp_path: Path):
+    """A factory: a full Config training the tiny fixtures on a local audiofolder under tmp_path."""
+
+    def make(data_dir: Path, model: dict | None = None, data: dict | None = None, **training: object) -> Config:
+        cfg = Config(experiment="test")
+        cfg.model = tiny_model_config(**(model or {}))
+        cfg.data = dataclasses.replace(
+            cfg.data,
+            datasets=[DatasetConfig(path=str(data_dir), train_splits=["train"], eval_splits=["validation"])],
+            streaming=True,
+            min_words=1,
+            num_workers=0,
+            shuffle_buffer=0,
+            max_eval_samples=8,
+            **(data or {}),
+        )
+        defaults = {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 30,
+            "learning_rate": 3e-3,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 0,
+            "lr_scheduler_type": "constant",
+            "save_steps": 1000,
+            "eval_steps": 1000,
+            "logging_steps": 5,
+            "bf16": False,
+            "report_to": "none",
+            "eval_wer_samples": 0,
+        }
+        cfg.training = dataclasses.replace(cfg.training, **{**defaults, **training})
+        return cfg.validate()
+
+    return make

@@ -208,6 +208,17 @@ class DataConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    # Stop after this many evaluations without a new best eval loss; null never stops early.
+    patience: int | None = None
+    min_delta: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        _require(self.patience is None or self.patience >= 1, f"{prefix}.patience", self.patience, "null or >= 1")
+        _require(self.min_delta >= 0, f"{prefix}.min_delta", self.min_delta, ">= 0")
+
+
+@dataclass
 class TrainingConfig:
     output_dir: str | None = None  # defaults to outputs/<experiment name>
     max_steps: int = 50000
@@ -234,6 +245,12 @@ class TrainingConfig:
     gpu_hourly_usd: float | None = None
     # Consecutive non-finite losses or gradients tolerated before the run stops.
     max_nonfinite_steps: int = 10
+    # Warn when the training loss has not improved over this many steps after warm-up.
+    plateau_window: int = 500
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    hub_push_retries: int = 3
+    # Check config, models, data, memory, disk, Hub and tracker before the first step.
+    preflight: bool = True
 
     def validate(self, prefix: str = "training") -> None:
         positive = (
@@ -246,6 +263,7 @@ class TrainingConfig:
             "logging_steps",
             "save_total_limit",
             "max_nonfinite_steps",
+            "plateau_window",
         )
         for name in positive:
             value = getattr(self, name)
@@ -254,6 +272,8 @@ class TrainingConfig:
         _require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, ">= 0")
         _require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
         _require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", self.max_grad_norm, "> 0")
+        _require(self.hub_push_retries >= 0, f"{prefix}.hub_push_retries", self.hub_push_retries, ">= 0")
+        self.early_stopping.validate(f"{prefix}.early_stopping")
         _require(self.eval_wer_samples >= 0, f"{prefix}.eval_wer_samples", self.eval_wer_samples, ">= 0")
         schedulers = ("cosine", "linear", "constant")
         _require(

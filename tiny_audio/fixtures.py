@@ -233,6 +233,9 @@ def _build_qwen3(path: Path, shape: str, seed: int) -> None:
         max_position_embeddings=40_960,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         rms_norm_eps=1e-6,
+        # A tiny random LM with the usual 0.02 init is nearly uniform whatever its input, so
+        # nothing a projector learns could show in the loss; a wider init gives it a voice.
+        initializer_range=0.02 if shape == "full" else 0.3,
         bos_token_id=pad_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,

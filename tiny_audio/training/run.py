@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,13 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tiny_audio.config import Config
 from tiny_audio.data.collator import collator_for
+from tiny_audio.data.guard import DataQualityError
+from tiny_audio.data.sources import DataSourceError
 from tiny_audio.data.stream import build_eval_stream, build_train_stream
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
-from tiny_audio.training.trainer import Callback, Trainer, TrainState
+from tiny_audio.training.trainer import Callback, NonFiniteLossError, Trainer, TrainState
 
 
 def describe_parameters(model: SpeechLLM) -> str:
@@ -103,6 +104,9 @@ def main(overrides: list[str]) -> int:
     except ConfigError as error:
         print(f"config error: {error}")
         return 2
-    os.makedirs(cfg.training.output_dir or "outputs", exist_ok=True)
-    run(cfg)
+    try:
+        run(cfg)
+    except (DataSourceError, DataQualityError, NonFiniteLossError, FileNotFoundError) as error:
+        print(f"error: {error}")
+        return 1
     return 0

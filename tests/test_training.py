@@ -1,0 +1,48 @@
+"""Short real training runs on the tiny fixtures and small local audio sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.data_helpers import write_audiofolder, write_corrupt_audiofolder
+from tiny_audio.config import LoraConfig
+from tiny_audio.training.run import run
+
+
+def test_thirty_steps_lower_the_training_loss(tiny_run_config, tmp_path: Path) -> None:
+    data = write_audiofolder(tmp_path / "data", {"train": 16, "validation": 4})
+    lines: list[str] = []
+    state = run(tiny_run_config(data), log=lines.append)
+    losses = state.history["train_loss"]
+    assert state.step == 30 and len(losses) == 6
+    assert losses[-1] < losses[0] * 0.9, losses
+    progress = [line for line in lines if line.startswith("Step ")]
+    assert progress[0].startswith("Step 5/30 | Loss: ")
+    assert " | Grad Norm: " in progress[0] and " | LR: 3e-3 | ETA: " in progress[0]
+    assert (tmp_path / "run" / "checkpoint-30" / "projector.safetensors").exists()
+
+
+def test_stage_two_run_writes_a_lora_adapter(tiny_run_config, tmp_path: Path) -> None:
+    data = write_audiofolder(tmp_path / "data", {"train": 8, "validation": 4})
+    cfg = tiny_run_config(data, model={"projector_trainable": False, "lora": LoraConfig(enabled=True)}, max_steps=3)
+    run(cfg, log=lambda _: None)
+    adapter = tmp_path / "run" / "checkpoint-3" / "lora"
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 0
+    assert '"r": 8' in (adapter / "adapter_config.json").read_text()
+
+
+def test_bad_samples_are_skipped_counted_and_training_completes(tiny_run_config, tmp_path: Path) -> None:
+    expected = write_corrupt_audiofolder(tmp_path / "data")
+    lines: list[str] = []
+    cfg = tiny_run_config(tmp_path / "data", max_steps=12)
+    state = run(cfg, log=lines.append)
+    assert state.step == 12
+    from tiny_audio.training import checkpoints
+
+    saved = checkpoints.load_training_state(tmp_path / "run" / "checkpoint-12")
+    from tiny_audio.data.skips import SkipLedger
+
+    ledger = SkipLedger()
+    ledger.load_state_dict(saved["skips"])
+    assert ledger.counts() == expected
+    assert any(line.startswith("skipped ") for line in lines)
