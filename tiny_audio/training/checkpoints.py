@@ -93,11 +93,10 @@ def write_checkpoint(
 
 
 def prune_checkpoints(output_dir: Path, keep: int, protect: Path | None = None) -> list[Path]:
-    """Delete the oldest complete checkpoints beyond `keep`; never the newest, nor `protect`."""
+    """Keep the `keep` newest complete checkpoints (at least the newest) and `protect`; delete the rest."""
     found = complete_checkpoints(output_dir)
-    removable = [d for d in found[:-1] if d != protect]
-    excess = len(found) - keep
-    removed = removable[: max(excess, 0)]
+    kept = set(found[-max(keep, 1) :])
+    removed = [d for d in found if d not in kept and d != protect]
     for directory in removed:
         shutil.rmtree(directory)
     return removed

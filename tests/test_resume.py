@@ -1,0 +1,250 @@
+"""Checkpoints that can't be lost: kill and resume, interrupted saves, signals, stage hand-off, NaN skips."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from tests.data_helpers import write_audiofolder
+from tiny_audio.config import Config, LoraConfig
+from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.training import checkpoints
+from tiny_audio.training import run as run_module
+from tiny_audio.training.run import run
+from tiny_audio.training.trainer import Callback, NonFiniteLossError, Trainer
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = (
+    "import sys; from omegaconf import OmegaConf; from tiny_audio.config import to_config; "
+    "from tiny_audio.training.run import run; run(to_config(OmegaConf.load(sys.argv[1])))"
+)
+quiet = lambda _: None  # noqa: E731
+
+
+def start_child(cfg: Config, tmp_path: Path) -> subprocess.Popen:
+    path = tmp_path / "child.yaml"
+    OmegaConf.save(OmegaConf.structured(cfg), path)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for(path: Path, child: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert child.poll() is None, child.stdout.read() if child.stdout else ""
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def projector_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "projector.safetensors"))
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return write_audiofolder(tmp_path / "data", {"train": 40, "validation": 4})
+
+
+def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tiny_run_config, data: Path, tmp_path: Path) -> None:
+    settings = {"max_steps": 24, "save_steps": 4, "per_device_train_batch_size": 2, "lr_scheduler_type": "cosine"}
+    settings["warmup_steps"] = 3
+    reference = tiny_run_config(data, output_dir=str(tmp_path / "reference"), **settings)
+    run(reference, log=quiet)
+
+    killed = tiny_run_config(data, output_dir=str(tmp_path / "killed"), save_total_limit=10, **settings)
+    child = start_child(killed, tmp_path)
+    try:
+        wait_for(tmp_path / "killed" / "checkpoint-8" / checkpoints.STATE_FILE, child)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+    interrupted_at = checkpoints.latest_checkpoint(tmp_path / "killed")
+    assert interrupted_at is not None and interrupted_at.name != "checkpoint-24"
+
+    killed.training.resume_from_checkpoint = "latest"
+    lines: list[str] = []
+    state = run(killed, log=lines.append)
+    assert any(line.startswith(f"Resumed from {interrupted_at}") for line in lines)
+    assert state.step == 24
+    final, expected = (
+        projector_weights(tmp_path / "killed" / "checkpoint-24"),
+        projector_weights(tmp_path / "reference" / "checkpoint-24"),
+    )
+    # Bit-identical on CPU: same data position, RNG, optimizer and schedule after the restore.
+    assert final.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(final[key], expected[key]), key
+
+
+def test_resume_continues_the_stream_without_replaying_samples(
+    tiny_run_config, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    real_collator_for = run_module.collator_for
+
+    def recording_collator_for(*args, **kwargs):
+        collate = real_collator_for(*args, **kwargs)
+
+        def record(samples):
+            batch = collate(samples)
+            seen.extend(batch["texts"])
+            return batch
+
+        return record
+
+    monkeypatch.setattr(run_module, "collator_for", recording_collator_for)
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: {})  # record training batches only
+    cfg = tiny_run_config(data, max_steps=16, per_device_train_batch_size=2, save_steps=100, logging_steps=1)
+    stop_at_six = StopAt(6)
+    run(cfg, callbacks=[stop_at_six], log=quiet)
+    first_part = list(seen)
+    assert len(first_part) == 12 and len(set(first_part)) == 12
+
+    seen.clear()
+    cfg.training.resume_from_checkpoint = "latest"
+    state = run(cfg, log=quiet)
+    assert state.step == 16 and state.samples_seen == 32
+    # 40 clips per pass: the 20 read after resuming are all new, none of the 12 replayed.
+    assert len(seen) == 20
+    assert not set(seen) & set(first_part)
+
+
+class StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if trainer.state.step >= self.step:
+            trainer.request_stop("test stop")
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_says_how_to_resume(
+    tiny_run_config, data: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_run_config(data, max_steps=100000, save_steps=100000, logging_steps=1)
+    child = start_child(cfg, tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("Step 3/"):
+                break
+            assert time.monotonic() < deadline
+        child.send_signal(signal.SIGTERM)
+        output = child.communicate(timeout=60)[0]
+    finally:
+        child.kill()
+    assert child.returncode == 0, output
+    assert "SIGTERM received: finishing this step, saving a checkpoint" in output
+    assert "Resume with: training.resume_from_checkpoint=latest" in output
+    saved = checkpoints.latest_checkpoint(tmp_path / "run")
+    assert saved is not None and checkpoints.read_trainer_state(saved)["step"] >= 3
+
+
+def test_half_written_checkpoints_are_never_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+
+    def write_model(directory: Path) -> None:
+        (directory / "projector.safetensors").write_bytes(b"x")
+
+    checkpoints.write_checkpoint(out, 10, write_model, {"step": 10}, {"k": 1})
+    (out / ".checkpoint-20.tmp").mkdir()  # a save cut off before its rename
+    (out / "checkpoint-30").mkdir()  # a directory without trainer_state.json
+    monkeypatch.setattr(checkpoints.torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        checkpoints.write_checkpoint(out, 40, write_model, {"step": 40}, {"k": 1})
+    assert not (out / "checkpoint-40").exists()
+    assert checkpoints.latest_checkpoint(out) == out / "checkpoint-10"
+    assert checkpoints.resolve_resume("latest", out) == out / "checkpoint-10"
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        checkpoints.resolve_resume(str(out / "checkpoint-30"), out)
+
+
+def test_pruning_keeps_the_newest_and_the_protected_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    for step in (1, 2, 3, 4, 5):
+        checkpoints.write_checkpoint(out, step, lambda d: None, {"step": step}, {})
+    checkpoints.prune_checkpoints(out, keep=2, protect=out / "checkpoint-1")
+    assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["checkpoint-1", "checkpoint-4", "checkpoint-5"]
+
+
+def test_stage_two_from_stage_one_trains_only_lora_and_keeps_the_projector(
+    tiny_run_config, data: Path, tmp_path: Path
+) -> None:
+    stage1 = tiny_run_config(data, output_dir=str(tmp_path / "stage1"), max_steps=4)
+    run(stage1, log=quiet)
+    stage1_projector = projector_weights(tmp_path / "stage1" / "checkpoint-4")
+
+    stage2 = tiny_run_config(
+        data,
+        model={"projector_trainable": False, "lora": LoraConfig(enabled=True)},
+        output_dir=str(tmp_path / "stage2"),
+        max_steps=4,
+        resume_from_checkpoint=str(tmp_path / "stage1" / "checkpoint-4"),
+    )
+    lines: list[str] = []
+    state = run(stage2, log=lines.append)
+    assert state.step == 4  # a new stage starts its own schedule
+    assert any("Starting a new stage" in line and "now training lora with a fresh optimizer" in line for line in lines)
+    saved = tmp_path / "stage2" / "checkpoint-4"
+    for key, value in projector_weights(saved).items():
+        assert torch.equal(value, stage1_projector[key]), key
+    adapter = load_file(str(saved / "lora" / "adapter_model.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero: it trained
+    assert checkpoints.read_trainer_state(saved)["trainable"] == {"projector": False, "lora": True}
+
+    stage3 = tiny_run_config(
+        data,
+        model={"projector_trainable": True, "lora": LoraConfig(enabled=True)},
+        output_dir=str(tmp_path / "stage3"),
+        max_steps=2,
+        resume_from_checkpoint=str(saved),
+    )
+    lines.clear()
+    run(stage3, log=lines.append)
+    assert any("loaded projector, lora weights" in line for line in lines)
+
+
+def test_non_finite_updates_are_skipped_counted_then_stop(
+    tiny_run_config, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_forward = SpeechLLM.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        output = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in (3, 4):
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(SpeechLLM, "forward", poisoned)
+    lines: list[str] = []
+    state = run(tiny_run_config(data, max_steps=8), log=lines.append)
+    assert state.step == 8 and state.nonfinite_total == 2
+    assert sum("update skipped" in line for line in lines) == 2
+
+    monkeypatch.setattr(SpeechLLM, "forward", lambda self, *a, **k: _nan_output(real_forward(self, *a, **k)))
+    with pytest.raises(NonFiniteLossError, match=r"3 non-finite updates in a row \(training.max_nonfinite_steps=3\)"):
+        run(tiny_run_config(data, max_steps=8, max_nonfinite_steps=3), log=quiet)
+
+
+def _nan_output(output):
+    output.loss = output.loss * float("nan")
+    return output
