@@ -7,7 +7,7 @@ one thing replaced: the pod's `runpodctl` is a recorder, so auto-stop is checked
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import subprocess
 import time
@@ -18,38 +18,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from tests.data_helpers import write_audiofolder
 from tests.sshd import POD_ID, SshServer, free_port, sshd_server  # noqa: F401
 from tiny_audio.cli import app
+from tiny_audio.model.build import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = {"HF_TOKEN": "hf_secret_do_not_leak_1234", "WANDB_API_KEY": "wandb_secret_do_not_leak_5678"}
-EXPERIMENT = "remote_test"
+EXPERIMENT = "tiny"
 SESSION = "train"
-
-# Stands in for scripts/train.py: prints the real progress-line format and writes checkpoints the way
-# training does (hidden temp dir, renamed when complete, trainer_state.json last).
-FAKE_TRAIN = """
-import json, os, sys, time
-from pathlib import Path
-
-experiment = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("+experiments="))
-overrides = dict(a.split("=", 1) for a in sys.argv[1:] if not a.startswith("+"))
-max_steps = int(overrides.get("training.max_steps", "8"))
-out = Path("outputs") / experiment
-print("HF_TOKEN forwarded:", "yes" if os.environ.get("HF_TOKEN") else "no", flush=True)
-for step in range(1, max_steps + 1):
-    time.sleep(0.25)
-    print(f"Step {step}/{max_steps} | Loss: {10 / step:.4f} | Grad Norm: 1.00 | LR: 1e-4 | ETA: {max_steps - step}s"
-          " | Samples/s: 3.00", flush=True)
-    if step % 4 == 0:
-        staging = out / f".checkpoint-{step}.tmp"
-        staging.mkdir(parents=True)
-        (staging / "weights.json").write_text(json.dumps({"step": step}))
-        (staging / "trainer_state.json").write_text(json.dumps({"step": step}))
-        staging.rename(out / f"checkpoint-{step}")
-(out / "checkpoint-999").mkdir()  # newer but incomplete: no trainer_state.json
-print("done", flush=True)
-"""
+MAX_STEPS = 6
 
 # Paths the deploy must not copy.
 JUNK = [
@@ -70,15 +48,12 @@ def invoke(server: SshServer, *args: str, env: dict[str, str] | None = None) -> 
 
 @pytest.fixture(scope="module")
 def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project with junk the deploy must leave behind, and the fake training script."""
+    """A copy of the project plus junk the deploy must leave behind."""
     src = tmp_path_factory.mktemp("src") / "tiny-audio"
     src.mkdir()
-    for name in ("tiny_audio", "configs"):
+    for name in ("tiny_audio", "configs", "scripts"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", src)
-    (src / "scripts").mkdir()
-    (src / "scripts" / "train.py").write_text(FAKE_TRAIN)
-    (src / "configs" / "experiments" / f"{EXPERIMENT}.yaml").write_text("# @package _global_\n")
     for junk in JUNK:
         (src / junk).parent.mkdir(parents=True, exist_ok=True)
         (src / junk).write_text("junk")
@@ -91,12 +66,31 @@ def deployed(sshd_server: SshServer, source_tree: Path) -> Result:  # noqa: F811
                   "--source", str(source_tree))  # fmt: skip
 
 
+def tiny_training(fixtures: dict[str, Path], data: Path, max_steps: int) -> list[str]:
+    """Hydra overrides for a few-second real training on the tiny fixtures. The pod is this machine, so
+    local absolute paths are valid there."""
+    return [
+        f"model.audio_model_id={fixtures['glm_asr']}",
+        f"model.text_model_id={fixtures['qwen3']}",
+        f"data.datasets.0.path={data}",
+        f"training.max_steps={max_steps}",
+        "training.logging_steps=2",
+        "training.save_steps=3",
+        "training.eval_wer_samples=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_audiofolder(tmp_path_factory.mktemp("audio"), {"train": 16, "validation": 4})
+
+
 @dataclass
 class TrainingRun:
     started: Result
     refused: Result
     processes: str  # `ps` output while training ran
-    took_s: float
+    training_env: str  # the training process's environment, as the pod sees it
 
 
 def wait_session_gone(server: SshServer, session: str, timeout_s: float = 40) -> None:
@@ -106,17 +100,39 @@ def wait_session_gone(server: SshServer, session: str, timeout_s: float = 40) ->
         time.sleep(0.2)
 
 
+def training_process(marker: str, timeout_s: float = 20) -> int:
+    """pid of the running training whose command line contains `marker`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"scripts/train.py" in args and any(marker.encode() in a for a in args):
+                return int(proc.name)
+        time.sleep(0.1)
+    raise AssertionError(f"no training process with {marker} within {timeout_s} s")
+
+
 @pytest.fixture(scope="module")
-def training_run(sshd_server: SshServer, deployed: Result) -> Iterator[TrainingRun]:  # noqa: F811
+def training_run(
+    sshd_server: SshServer,  # noqa: F811
+    deployed: Result,
+    tiny_fixtures: dict[str, Path],
+    audio: Path,
+) -> Iterator[TrainingRun]:
     assert deployed.exit_code == 0, deployed.output
     port = str(sshd_server.port)
-    start = time.monotonic()
+    overrides = tiny_training(tiny_fixtures, audio, MAX_STEPS)
     started = invoke(sshd_server, "train", "127.0.0.1", port, "--experiment", EXPERIMENT, "--no-attach",
-                     "--auto-stop", "--auto-stop-grace", "1", "training.max_steps=8", env=SECRETS)  # fmt: skip
+                     "--auto-stop", "--auto-stop-grace", "1", *overrides, env=SECRETS)  # fmt: skip
     refused = invoke(sshd_server, "train", "127.0.0.1", port, "--experiment", EXPERIMENT, "--no-attach")
+    pid = training_process(str(audio))
     processes = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
-    wait_session_gone(sshd_server, SESSION)
-    yield TrainingRun(started, refused, processes, time.monotonic() - start)
+    training_env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    wait_session_gone(sshd_server, SESSION, timeout_s=60)
+    yield TrainingRun(started, refused, processes, training_env)
     sshd_server.tmux("kill-session", "-t", f"={SESSION}")
 
 
@@ -169,10 +185,30 @@ def test_train_starts_a_session_and_refuses_a_second(training_run: TrainingRun) 
     assert "--force" in training_run.refused.output
 
 
+def test_train_names_a_missing_experiment_and_the_fix(sshd_server: SshServer, deployed: Result) -> None:  # noqa: F811
+    result = invoke(sshd_server, "train", "127.0.0.1", str(sshd_server.port), "--experiment", "nope", "--no-attach")
+    assert result.exit_code == 1
+    assert "experiment 'nope' is not on the pod (configs/experiments/nope.yaml)" in result.output
+    assert f"ta runpod deploy 127.0.0.1 {sshd_server.port} --skip-setup" in result.output
+
+
+def test_attach_lists_sessions_and_needs_a_terminal(sshd_server: SshServer, training_run: TrainingRun) -> None:  # noqa: F811
+    port = str(sshd_server.port)
+    sshd_server.tmux("new-session", "-d", "-s", "other", "sleep 30")
+    try:
+        listed = invoke(sshd_server, "attach", "127.0.0.1", port, "--list")
+        assert listed.exit_code == 0 and listed.output.split() == ["other"]
+        result = invoke(sshd_server, "attach", "127.0.0.1", port)  # CliRunner's stdin is no terminal
+        assert result.exit_code == 1
+        assert "attach needs a terminal; use --logs" in result.output
+    finally:
+        sshd_server.tmux("kill-session", "-t", "=other")
+
+
 def test_secrets_reach_training_but_not_ps_or_the_log(sshd_server: SshServer, training_run: TrainingRun) -> None:  # noqa: F811
     log = (sshd_server.project / ".ta" / f"{SESSION}.log").read_text()
-    assert "HF_TOKEN forwarded: yes" in log
-    for secret in SECRETS.values():
+    for name, secret in SECRETS.items():
+        assert f"{name}={secret}\0" in training_run.training_env
         assert secret not in training_run.processes
         assert secret not in log
     assert not (sshd_server.project / ".ta" / f"{SESSION}.env").exists()  # read once, then deleted
@@ -182,7 +218,8 @@ def test_attach_logs_shows_step_lines(sshd_server: SshServer, training_run: Trai
     result = invoke(sshd_server, "attach", "127.0.0.1", str(sshd_server.port), "--logs", "-n", "200")
     assert result.exit_code == 0, result.output
     steps = [line for line in result.output.splitlines() if line.startswith("Step ")]
-    assert steps[-1].startswith("Step 8/8 | Loss: 1.2500")
+    assert [line.split(" | ")[0] for line in steps] == ["Step 2/6", "Step 4/6", "Step 6/6"]
+    assert steps[-1].split(" | ")[2].startswith("Grad Norm: ")
     assert "\x1b" not in result.output
 
 
@@ -190,23 +227,28 @@ def test_status_parses_progress_and_checkpoint(sshd_server: SshServer, training_
     result = invoke(sshd_server, "status", "127.0.0.1", str(sshd_server.port))
     assert result.exit_code == 0, result.output
     assert "session:    train (not running)" in result.output
-    assert "step 8/8  loss 1.2500  ETA 0s" in result.output
-    assert f"checkpoint: {sshd_server.project}/outputs/{EXPERIMENT}/checkpoint-8" in result.output
+    assert re.search(r"step 6/6  loss \d+\.\d{4}  ETA \S+", result.output), result.output
+    assert f"checkpoint: {sshd_server.project}/outputs/{EXPERIMENT}/checkpoint-6" in result.output
     assert "disk free:" in result.output
 
 
 def test_checkpoint_and_download(sshd_server: SshServer, training_run: TrainingRun, tmp_path: Path) -> None:  # noqa: F811
     port = str(sshd_server.port)
+    run_dir = sshd_server.project / "outputs" / EXPERIMENT
+    # Newer than the last complete one, but half-written: no trainer_state.json, or still a hidden temp dir.
+    (run_dir / "checkpoint-999").mkdir()
+    (run_dir / ".checkpoint-1000.tmp").mkdir()
+    (run_dir / ".checkpoint-1000.tmp" / "trainer_state.json").write_text("{}")
     found = invoke(sshd_server, "checkpoint", "127.0.0.1", port)
     assert found.exit_code == 0, found.output
-    # checkpoint-999 is newer but incomplete: skipped.
-    assert found.output.strip() == f"{sshd_server.project}/outputs/{EXPERIMENT}/checkpoint-8"
+    assert found.output.strip() == str(run_dir / "checkpoint-6")
     fetched = invoke(sshd_server, "download", "127.0.0.1", port, str(tmp_path))
     assert fetched.exit_code == 0, fetched.output
-    assert json.loads((tmp_path / "checkpoint-8" / "weights.json").read_text()) == {"step": 8}
-    named = invoke(sshd_server, "download", "127.0.0.1", port, f"outputs/{EXPERIMENT}/checkpoint-4", str(tmp_path))
+    assert json.loads((tmp_path / "checkpoint-6" / "trainer_state.json").read_text())["step"] == 6
+    assert load_pretrained(str(tmp_path / "checkpoint-6")).projector is not None
+    named = invoke(sshd_server, "download", "127.0.0.1", port, f"outputs/{EXPERIMENT}/checkpoint-3", str(tmp_path))
     assert named.exit_code == 0, named.output
-    assert (tmp_path / "checkpoint-4" / "trainer_state.json").is_file()
+    assert (tmp_path / "checkpoint-3" / "trainer_state.json").is_file()
 
 
 def test_auto_stop_stops_the_pod_when_training_ends(sshd_server: SshServer, training_run: TrainingRun) -> None:  # noqa: F811
@@ -217,15 +259,29 @@ def test_auto_stop_stops_the_pod_when_training_ends(sshd_server: SshServer, trai
     assert f"auto-stop: asked RunPod to stop pod {POD_ID}" in log
 
 
-def test_force_replaces_a_running_session(sshd_server: SshServer, training_run: TrainingRun) -> None:  # noqa: F811
+def test_force_stops_the_running_session_with_a_checkpoint_and_starts_again(
+    sshd_server: SshServer,  # noqa: F811
+    training_run: TrainingRun,
+    tiny_fixtures: dict[str, Path],
+    audio: Path,
+) -> None:
     port = str(sshd_server.port)
     args = ["train", "127.0.0.1", port, "--experiment", EXPERIMENT, "--no-attach", "--session-name", "forced"]
-    first = invoke(sshd_server, *args, "training.max_steps=400")
+    output_dir = sshd_server.workspace / "forced-run"
+    long_run = [*tiny_training(tiny_fixtures, audio, 100000), f"training.output_dir={output_dir}"]
+    first = invoke(sshd_server, *args, *long_run)
     assert first.exit_code == 0, first.output
-    second = invoke(sshd_server, *args, "--force", "training.max_steps=2")
+    log = sshd_server.project / ".ta" / "forced.log"
+    deadline = time.monotonic() + 30
+    while "Step 2/" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    second = invoke(sshd_server, *args, "--force", *tiny_training(tiny_fixtures, audio, 2))
     assert second.exit_code == 0, second.output
-    assert "stopping session 'forced'" in second.output
-    wait_session_gone(sshd_server, "forced")
-    log = (sshd_server.project / ".ta" / "forced.log").read_text()
-    assert "Step 2/2" in log and "Step 1/400" not in log
-    assert os.environ.get("HF_TOKEN") is None or "HF_TOKEN" not in second.output
+    assert "stopping session 'forced' (Ctrl+C, so training saves a checkpoint)" in second.output
+    # Ctrl+C reached the first training, which saved before the session ended.
+    stopped = Path(f"{log}.previous").read_text()
+    assert "training exited with code 0" in stopped
+    assert list(output_dir.glob("checkpoint-*/trainer_state.json"))
+    wait_session_gone(sshd_server, "forced", timeout_s=60)
+    assert "Step 2/2" in log.read_text()
