@@ -19,7 +19,7 @@ setup: $(BIN)/ta
 
 # The embedded default: tiny random-weight models and espeak-ng speech, trained on the CPU.
 demo: setup
-	$(BIN)/ta fixtures .fixtures/tiny
+	$(BIN)/ta fixtures build .fixtures/tiny
 	$(BIN)/ta data synth .data/synth
 	$(BIN)/python scripts/train.py +experiments=tiny
 

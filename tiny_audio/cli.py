@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import typer
+from transformers.utils import logging as transformers_logging
 
 from tiny_audio.data.cli import app as data_app
 from tiny_audio.remote.cli import app as runpod_app
+
+# Per-shard progress bars drown the training log, in tmux captures above all.
+transformers_logging.disable_progress_bar()
 
 app = typer.Typer(
     help="Train speech-recognition models: frozen encoder + projector + frozen LLM.", no_args_is_help=True
@@ -25,16 +29,24 @@ def train(ctx: typer.Context) -> None:
     raise typer.Exit(main(list(ctx.args)))
 
 
-@app.command("fixtures")
-def fixtures(
+fixtures_app = typer.Typer(no_args_is_help=True)
+app.add_typer(fixtures_app, name="fixtures", help="Random-weight models with real architectures (no downloads).")
+
+
+@fixtures_app.command("build")
+def build_fixtures_command(
     out_dir: str = typer.Argument(..., help="Directory to write the fixture checkpoints into."),
-    shape: str = typer.Option("tiny", help="'tiny' for tests, 'full' for benchmarks (real model shapes)."),
+    shape: str = typer.Option("tiny", help="'tiny' for tests and the demo, 'full' for benchmarks (real shapes)."),
 ) -> None:
-    """Build random-weight models with real architectures (no downloads)."""
+    """Build a GLM-ASR, a Whisper and a Qwen3 checkpoint with random weights."""
     from pathlib import Path
 
     from tiny_audio.fixtures import build_fixtures
 
-    paths = build_fixtures(Path(out_dir), shape=shape)
+    try:
+        paths = build_fixtures(Path(out_dir), shape=shape)
+    except ValueError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")

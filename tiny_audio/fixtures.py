@@ -30,6 +30,8 @@ from transformers import (
 
 SHAPES = ("tiny", "full")
 _MARKER = ".complete"
+# Bump when what a build writes changes, so directories built by older code are rebuilt.
+FIXTURE_VERSION = 2
 
 # Real checkpoints are published in bf16; "full" follows so its files are the real size on disk.
 _DTYPE = {"tiny": torch.float32, "full": torch.bfloat16}
@@ -131,7 +133,7 @@ def build_fixtures(out_dir: Path, shape: str = "tiny", seed: int = 0) -> dict[st
 
 
 def _build_once(path: Path, build: Callable[[Path, str, int], None], shape: str, seed: int) -> None:
-    stamp = f"shape={shape} seed={seed}\n"
+    stamp = f"version={FIXTURE_VERSION} shape={shape} seed={seed}\n"
     marker = path / _MARKER
     if marker.is_file() and marker.read_text() == stamp:
         return

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -20,6 +23,7 @@ from tiny_audio.data.stream import build_eval_stream, build_train_stream
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
+from tiny_audio.training.terminal import TerminalProgress
 from tiny_audio.training.trainer import Callback, NonFiniteLossError, Trainer, TrainState
 
 
@@ -58,7 +62,13 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         return DataLoader(eval_stream, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
 
     model = accelerator.prepare(model)
-    trainer = Trainer(cfg, model, accelerator, train_loader, eval_loader, callbacks or [], log=log)
+    callbacks = list(callbacks or [])
+    if log is print and sys.stdout.isatty():
+        # Plain lines when output goes to a file or a tmux log; a live bar for a person watching.
+        bar = TerminalProgress()
+        callbacks.append(bar)
+        log = bar.log
+    trainer = Trainer(cfg, model, accelerator, train_loader, eval_loader, callbacks, log=log)
     if args.resume_from_checkpoint:
         trainer.resume(checkpoints.resolve_resume(args.resume_from_checkpoint, output_dir))
     if accelerator.trackers or args.report_to != "none":
@@ -96,8 +106,15 @@ def _tracker_kwargs(cfg: Config, output_dir: Path) -> dict[str, Any]:
 
 def main(overrides: list[str]) -> int:
     """Entry point shared by scripts/train.py and `ta train`: one-line errors, no traceback wall."""
+    from transformers.utils import logging as transformers_logging
+
     from tiny_audio.compose import load_config
     from tiny_audio.config import ConfigError
+
+    # Per-shard and per-split progress bars drown the training log, in tmux captures above all.
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
     try:
         cfg = load_config(overrides)

@@ -51,6 +51,7 @@ class Callback:
     """Hooks the loop calls; subclasses override what they need."""
 
     def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer) -> None: ...
     def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None: ...
     def on_save(self, trainer: Trainer, checkpoint: Path) -> None: ...
@@ -147,6 +148,8 @@ class Trainer:
                 window.append(loss)
             window_samples += samples
             step = self.state.step
+            for callback in self.callbacks:
+                callback.on_step_end(self)
             if step % args.logging_steps == 0 or step == args.max_steps:
                 elapsed = time.perf_counter() - window_start
                 self._log_progress(window, grad_norm, window_samples / max(elapsed, 1e-9), timer)
