@@ -88,10 +88,12 @@ class Remote:
 
     def interactive(self, command: str) -> int:
         """Run with the local terminal attached (tmux attach)."""
+        sys.stdout.flush()
         return subprocess.run(ssh_argv(self.target, command, tty=True)).returncode
 
     def _stream(self, argv: list[str], *, what: str, stdin: str | None = None, capture: bool = False) -> str:
         """Run with stderr shown live and kept for errors; stdout shown live, or returned if `capture`."""
+        sys.stdout.flush()  # our own headers first: the child writes straight to the terminal
         process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
