@@ -10,6 +10,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from tiny_audio.config import DataConfig, DatasetConfig
 from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.skips import SkipLedger
+from tiny_audio.data.sources import DataSourceError
 from tiny_audio.data.stream import build_eval_stream, build_train_stream
 
 
@@ -62,9 +63,16 @@ def test_mostly_bad_data_stops_with_a_named_error(tmp_path: Path) -> None:
 
 def test_the_guard_error_reaches_the_main_process_from_a_worker(tmp_path: Path) -> None:
     write_corrupt_audiofolder(tmp_path, good=1)
-    loader = DataLoader(build_train_stream(data_config(tmp_path)), batch_size=2, num_workers=1, collate_fn=as_list)
-    with pytest.raises(DataQualityError):
-        next(iter(loader))
+    stream = build_train_stream(data_config(tmp_path, bad_check_samples=8))
+    loader = DataLoader(stream, batch_size=2, num_workers=1, collate_fn=as_list)
+    batches = iter(loader)
+    try:
+        with pytest.raises(DataQualityError, match="unreadable_audio 3"):
+            next(batches)
+    finally:
+        # Shut the worker down while the iterator is intact: left to the garbage collector (the
+        # traceback holds it in a cycle), torch waits out a 5 s join timeout.
+        batches._shutdown_workers()
 
 
 @pytest.mark.parametrize("streaming", [True, False])
@@ -128,3 +136,16 @@ def test_resume_continues_without_replay(twelve: Path, num_workers: int, streami
     restored = loader()
     restored.load_state_dict(state)
     assert texts(iter(restored), 6) == rest
+
+
+def test_a_worker_without_records_fails_instead_of_hanging(tmp_path: Path) -> None:
+    root = write_audiofolder(tmp_path, {"train": 3})
+    stream = build_train_stream(data_config(root), rank=3, world_size=4)  # 3 records, 4 ranks
+    with pytest.raises(DataQualityError, match=r"lower data\.num_workers"):
+        next(iter(stream))
+
+
+def test_a_missing_local_directory_says_how_to_make_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataSourceError, match="ta data synth"):
+        build_eval_stream(data_config(Path(".data/synth")))

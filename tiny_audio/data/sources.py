@@ -125,7 +125,12 @@ def open_split(dataset: DatasetConfig, index: int, split: str, *, streaming: boo
 
 def _load_split(dataset: DatasetConfig, index: int, split: str, *, streaming: bool) -> tuple[Any, str | None]:
     """The raw split (IterableDataset when streaming, else Dataset) and the directory for relative paths."""
-    root = Path(dataset.path)
+    root = Path(dataset.path).expanduser()
+    if not root.is_dir() and _looks_local(dataset.path):
+        raise DataSourceError(
+            f"data.datasets[{index}].path='{dataset.path}' is not a directory (seen from {Path.cwd()}); "
+            "for the synthetic set run `ta data synth .data/synth` first"
+        )
     if root.is_dir():
         local = find_local_splits(root)
         _require_split(dataset, index, split, list(local))
@@ -144,6 +149,11 @@ def _load_split(dataset: DatasetConfig, index: int, split: str, *, streaming: bo
     if streaming:
         return available[split], None
     return load_dataset(dataset.path, dataset.name, split=split), None
+
+
+def _looks_local(path: str) -> bool:
+    """Hub ids are `owner/name`; anything starting like a filesystem path is meant to be local."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1
 
 
 def _require_split(dataset: DatasetConfig, index: int, split: str, available: list[str]) -> None:

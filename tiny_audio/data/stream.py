@@ -15,7 +15,7 @@ from datasets import IterableDataset as RecordStream
 from datasets.distributed import split_dataset_by_node
 
 from tiny_audio.config import DataConfig
-from tiny_audio.data.guard import BadFractionGuard
+from tiny_audio.data.guard import BadFractionGuard, DataQualityError
 from tiny_audio.data.samples import prepare_sample
 from tiny_audio.data.skips import Unusable
 from tiny_audio.data.sources import eval_records, train_records
@@ -58,7 +58,9 @@ class SpeechStream(torch.utils.data.IterableDataset):
         skipped: list[tuple[str, str]] = []
         held: dict[str, Any] | None = None
         while True:
+            records = yielded = 0
             for record in self._records_for_this_worker():
+                records += 1
                 try:
                     audio, text = prepare_sample(record, self.cfg)
                 except Unusable as unusable:
@@ -66,6 +68,7 @@ class SpeechStream(torch.utils.data.IterableDataset):
                     self.guard.observe(record["dataset"], unusable.reason, record["sample_id"])
                     continue
                 self.guard.observe(record["dataset"])
+                yielded += 1
                 item = {"audio": audio, "text": text, "skipped": skipped}
                 skipped = []
                 if self.endless:
@@ -82,7 +85,25 @@ class SpeechStream(torch.utils.data.IterableDataset):
                     held["skipped"] = held["skipped"] + skipped
                     yield held
                 return
+            if not yielded:
+                # Another pass would find nothing either: fail rather than spin without yielding.
+                raise DataQualityError(self._empty_pass_message(records, skipped))
             self.epoch += 1
+
+    def _empty_pass_message(self, records: int, skipped: list[tuple[str, str]]) -> str:
+        worker = f"rank {self.rank} of {self.world_size}, dataloader worker {self._worker_id()}"
+        if not records:
+            return (
+                f"{worker} received no train records in a full pass: the train splits hold fewer records "
+                "than dataloader workers x ranks; lower data.num_workers or add data"
+            )
+        reasons = ", ".join(sorted({reason for reason, _ in skipped}))
+        return f"{worker} found no usable sample among {records} train records (skipped: {reasons})"
+
+    @staticmethod
+    def _worker_id() -> int:
+        worker = torch.utils.data.get_worker_info()
+        return worker.id if worker is not None else 0
 
     def _records_for_this_worker(self) -> Iterator[dict[str, Any]]:
         part = self._split_for_this_worker()
