@@ -145,6 +145,17 @@ def test_latest_progress_reads_a_raw_terminal_log() -> None:
     assert parsing.terminal_lines(raw)[2] == "eval 4/4"
 
 
+def test_terminal_lines_keep_a_redrawn_progress_bar_only_in_its_last_state() -> None:
+    # What a live progress bar sends: draw, return + erase + redraw, print a line above it, erase at the end.
+    raw = (
+        "Parameters: 98,624\r\n\x1b[?25lbar 0/6\r\x1b[2Kbar 1/6\r\x1b[2KStep 2/6 | Loss: 9.0\r\n"
+        "bar 2/6\r\x1b[2Kbar 6/6\r\n\x1b[?25h\r\x1b[1A\x1b[2KSaved outputs/tiny/checkpoint-6\r\n"
+    )
+    shown = ["Parameters: 98,624", "Step 2/6 | Loss: 9.0", "Saved outputs/tiny/checkpoint-6"]
+    assert parsing.terminal_lines(raw) == shown
+    assert parsing.terminal_lines("Step 1/6\r\nbar 3/6") == ["Step 1/6", "bar 3/6"]  # a live bar shows as is
+
+
 def test_latest_checkpoint_is_the_highest_step() -> None:
     paths = ["/w/outputs/a/checkpoint-900", "/w/outputs/b/checkpoint-1000", "/w/outputs/a/checkpoint-100"]
     assert parsing.latest_checkpoint(paths) == "/w/outputs/b/checkpoint-1000"

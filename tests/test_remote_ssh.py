@@ -220,7 +220,7 @@ def test_attach_logs_shows_step_lines(sshd_server: SshServer, training_run: Trai
     steps = [line for line in result.output.splitlines() if line.startswith("Step ")]
     assert [line.split(" | ")[0] for line in steps] == ["Step 2/6", "Step 4/6", "Step 6/6"]
     assert steps[-1].split(" | ")[2].startswith("Grad Norm: ")
-    assert "\x1b" not in result.output
+    assert "\x1b" not in result.output and "\r" not in result.output
 
 
 def test_status_parses_progress_and_checkpoint(sshd_server: SshServer, training_run: TrainingRun) -> None:  # noqa: F811

@@ -14,14 +14,32 @@ _STEP = re.compile(r"Step (\d+)/(\d+)")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
+# What changes which line a terminal shows: line ends, carriage return, erase-line, cursor-up (a live
+# progress bar redraws itself with these), then any other escape, which only styles text.
+_CONTROL = re.compile(r"(\r\n|\n)|(\r|\x1b\[2K)|\x1b\[(\d*)A|" + _ANSI.pattern)
+
+
 def terminal_lines(raw: str) -> list[str]:
-    """The lines a terminal would show: escapes removed, and for '\\r'-rewritten lines the last version."""
-    lines = []
-    for line in _ANSI.sub("", raw).split("\n"):
-        line = line.rstrip("\r")  # a pty ends lines with \r\n
-        lines.append(line.rsplit("\r", 1)[-1])
-    if lines and lines[-1] == "":
-        lines.pop()
+    """The lines a terminal would end up showing for a raw pane log: styling dropped, rewritten lines
+    (\\r, erase, cursor-up redraws of a progress bar) kept in their last version only."""
+    lines: list[str] = []
+    current = ""
+    position = 0
+    for match in _CONTROL.finditer(raw):
+        current += raw[position : match.start()]
+        position = match.end()
+        newline, erase, up = match.group(1), match.group(2), match.group(3)
+        if newline:
+            lines.append(current)
+            current = ""
+        elif erase:
+            current = ""
+        elif up is not None:
+            for _ in range(int(up or 1)):
+                current = lines.pop() if lines else ""
+    current += raw[position:]
+    if current:
+        lines.append(current)
     return lines
 
 

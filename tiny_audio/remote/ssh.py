@@ -61,15 +61,17 @@ class Remote:
     def run(self, command: str, *, what: str, stdin: str | None = None, check: bool = True) -> str:
         """Run `command` on the pod and return its stdout; `what` names the step in errors."""
         argv = ssh_argv(self.target, command)
-        result = subprocess.run(argv, input=stdin or "", capture_output=True, text=True)
+        # Bytes, decoded by hand: text mode would turn a lone '\r' (a redrawn progress line) into '\n'.
+        result = subprocess.run(argv, input=(stdin or "").encode(), capture_output=True)
+        stdout, stderr = (result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace"))
         if result.returncode != 0:
-            if result.returncode == 255 and (reason := explain_connection_failure(result.stderr, self.target)):
+            if result.returncode == 255 and (reason := explain_connection_failure(stderr, self.target)):
                 raise RemoteError(reason)
             if check:
                 raise RemoteError(
-                    f"{what} failed on {self.target.describe()} (exit {result.returncode}):\n{_tail(result.stderr)}"
+                    f"{what} failed on {self.target.describe()} (exit {result.returncode}):\n{_tail(stderr)}"
                 )
-        return result.stdout
+        return stdout
 
     def script(self, script: str, *, what: str, check: bool = True) -> str:
         """Run a bash script sent on stdin, so nothing in it shows up in the pod's process list."""
