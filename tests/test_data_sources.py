@@ -93,14 +93,14 @@ def test_missing_column_names_the_columns_that_exist(tmp_path: Path, streaming: 
 
 
 def test_interleave_follows_sampling_weights(tmp_path: Path) -> None:
-    first = write_audiofolder(tmp_path / "a", {"train": 300}, seconds=0.6, text_prefix="first ")
-    second = write_audiofolder(tmp_path / "b", {"train": 300}, seconds=0.6, text_prefix="second ")
+    first = write_audiofolder(tmp_path / "a", {"train": 240}, seconds=0.5, text_prefix="first ")
+    second = write_audiofolder(tmp_path / "b", {"train": 240}, seconds=0.5, text_prefix="second ")
     cfg = data_config(
         DatasetConfig(path=str(first), sampling_weight=3.0),
         DatasetConfig(path=str(second), sampling_weight=1.0),
         shuffle_buffer=50,
     )
     stream = iter(build_train_stream(cfg))
-    sources = Counter(next(stream)["text"].split()[0] for _ in range(320))
+    sources = Counter(next(stream)["text"].split()[0] for _ in range(240))
     assert set(sources) == {"First", "Second"}
-    assert 0.68 < sources["First"] / 320 < 0.82, sources
+    assert 0.68 < sources["First"] / 240 < 0.82, sources

@@ -149,3 +149,22 @@ def test_a_missing_local_directory_says_how_to_make_it(tmp_path: Path, monkeypat
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataSourceError, match="ta data synth"):
         build_eval_stream(data_config(Path(".data/synth")))
+
+
+def test_resume_of_an_interleaved_mix(tmp_path: Path) -> None:
+    first = write_audiofolder(tmp_path / "a", {"train": 12}, seconds=0.5, text_prefix="first ")
+    second = write_audiofolder(tmp_path / "b", {"train": 12}, seconds=0.5, text_prefix="second ")
+    cfg = DataConfig(
+        datasets=[DatasetConfig(path=str(first), sampling_weight=3.0), DatasetConfig(path=str(second))],
+        shuffle_buffer=0,
+    )
+    original = StatefulDataLoader(build_train_stream(cfg), batch_size=2, num_workers=2, collate_fn=as_list)
+    batches = iter(original)
+    seen = [item["text"] for _ in range(2) for item in next(batches)]
+    state = original.state_dict()
+    rest = [item["text"] for _ in range(3) for item in next(batches)]
+    restored = StatefulDataLoader(build_train_stream(cfg), batch_size=2, num_workers=2, collate_fn=as_list)
+    restored.load_state_dict(state)
+    resumed = iter(restored)
+    assert [item["text"] for _ in range(3) for item in next(resumed)] == rest
+    assert not set(seen) & set(rest)
