@@ -7,6 +7,7 @@ from pathlib import Path
 from tests.data_helpers import write_audiofolder, write_corrupt_audiofolder
 from tiny_audio.config import LoraConfig
 from tiny_audio.training.run import run
+from tiny_audio.training.trainer import Callback, Trainer
 
 
 def test_thirty_steps_lower_the_training_loss(tiny_run_config, tmp_path: Path) -> None:
@@ -46,3 +47,19 @@ def test_bad_samples_are_skipped_counted_and_training_completes(tiny_run_config,
     ledger.load_state_dict(saved["skips"])
     assert ledger.counts() == expected
     assert any(line.startswith("skipped ") for line in lines)
+
+
+class RecordMetrics(Callback):
+    def __init__(self) -> None:
+        self.logged: list[dict[str, float]] = []
+
+    def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.logged.append(dict(metrics))
+
+
+def test_moe_router_loss_is_added_and_logged(tiny_run_config, tmp_path: Path) -> None:
+    data = write_audiofolder(tmp_path / "data", {"train": 8, "validation": 4})
+    recorder = RecordMetrics()
+    run(tiny_run_config(data, model={"projector_type": "moe"}, max_steps=4, logging_steps=2), [recorder], print)
+    assert all(m["train/aux_loss"] > 0 for m in recorder.logged)
+    assert all(m["train/loss"] > m["train/aux_loss"] for m in recorder.logged)

@@ -87,6 +87,7 @@ class Trainer:
         self.state = TrainState()
         self.skips = SkipLedger()
         self.stop_reason: str | None = None
+        self._aux_window: list[float] = []  # projector auxiliary losses (MoE) since the last log
         self._interrupts = 0
 
     # --- resume --------------------------------------------------------------------------
@@ -160,11 +161,14 @@ class Trainer:
             if step % args.save_steps == 0 or step == args.max_steps or self.stop_reason:
                 self.save()
                 timer.restart()
+        self.log(self.skips.summary() if self.skips.total else "Data: no samples skipped.")
         if self.stop_reason:
             self.log(
                 f"Stopped at step {self.state.step} ({self.stop_reason}). Resume with: "
                 f"training.resume_from_checkpoint=latest training.output_dir={self.output_dir}"
             )
+        else:
+            self.log(f"Training complete at step {self.state.step}; checkpoints in {self.output_dir}")
 
     def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float | None, float, int]:
         """One optimizer update over `gradient_accumulation_steps` micro-batches."""
@@ -182,6 +186,8 @@ class Trainer:
                     output = self.model(**inputs)
                 self.accelerator.backward(output.loss / accumulation)
             total += float(output.loss.detach())
+            if output.aux_loss is not None:
+                self._aux_window.append(float(output.aux_loss.detach()))
         self.state.samples_seen += samples
         grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.args.max_grad_norm))
         loss = total / accumulation
@@ -229,6 +235,9 @@ class Trainer:
             "train/audio_hours": audio_hours,
             "train/nonfinite_updates": float(self.state.nonfinite_total),
         }
+        if self._aux_window:
+            metrics["train/aux_loss"] = sum(self._aux_window) / len(self._aux_window)
+            self._aux_window = []
         metrics.update({f"data/skipped_{reason}": float(n) for reason, n in self.skips.counts().items()})
         if self.skips.total:
             self.log(self.skips.summary())
