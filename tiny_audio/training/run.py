@@ -20,6 +20,7 @@ from tiny_audio.data.collator import collator_for
 from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.sources import DataSourceError
 from tiny_audio.data.stream import build_eval_stream, build_train_stream
+from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
@@ -62,7 +63,7 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         return DataLoader(eval_stream, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
 
     model = accelerator.prepare(model)
-    callbacks = list(callbacks or [])
+    callbacks = [WerCallback(), *(callbacks or [])]
     if log is print and sys.stdout.isatty():
         # Plain lines when output goes to a file or a tmux log; a live bar for a person watching.
         bar = TerminalProgress()

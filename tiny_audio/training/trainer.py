@@ -264,8 +264,9 @@ class Trainer:
         self.state.history["eval_loss"].append(metrics["eval/loss"])
         for callback in self.callbacks:
             callback.on_evaluate(self, metrics)
-        self.log(f"Eval at step {self.state.step} | " + " | ".join(_describe(k, v) for k, v in metrics.items()))
-        self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.step)
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.log(f"Eval at step {self.state.step} | " + " | ".join(f"{k}: {v:.4f}" for k, v in numbers.items()))
+        self.accelerator.log(numbers, step=self.state.step)
         return metrics
 
     # --- checkpoints -----------------------------------------------------------------------
@@ -321,7 +322,3 @@ class Trainer:
             raise KeyboardInterrupt(f"second {name}: exiting without saving")
         self.log(f"{name} received: finishing this step, saving a checkpoint, then exiting (again to quit at once).")
         self.request_stop(name)
-
-
-def _describe(key: str, value: Any) -> str:
-    return f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}"
