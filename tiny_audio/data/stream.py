@@ -3,6 +3,10 @@
 Each item is {"audio": float32 mono at cfg.sample_rate, "text": normalised transcript,
 "skipped": [(reason, sample_id), ...]} where `skipped` lists the records this worker dropped
 since its previous item, so the main process can count them (see SkipLedger) without losing any.
+
+Resuming (state_dict / load_state_dict, driven by torchdata's StatefulDataLoader) restores each
+worker's position in its sources, so no sample is replayed. Records sitting in a shuffle buffer
+at the checkpoint are not saved by `datasets`; they are dropped for that pass only.
 """
 
 from __future__ import annotations
