@@ -10,6 +10,7 @@ one thing the tests replace.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import socket
@@ -42,6 +43,7 @@ class SshServer:
     def env(self) -> dict[str, str]:
         """Environment for `ta runpod ...` so it talks to this server and never touches ~/.ssh."""
         return {
+            "TA_SSH_USER": getpass.getuser(),
             "TA_SSH_KEY": str(self.key),
             "TA_SSH_KNOWN_HOSTS": str(self.known_hosts),
             "TA_RUNPOD_WORKSPACE": str(self.workspace),
@@ -100,8 +102,11 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]
     workspace = root / "workspace"
     workspace.mkdir()
     port = free_port()
-    # sshd refuses to start without its privilege-separation directory.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    # sshd refuses to start without its privilege-separation directory (only root can create it).
+    try:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    except PermissionError:
+        pytest.skip("sshd needs /run/sshd; create it as root (mkdir -m 755 /run/sshd)")
     path = f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     config = root / "sshd_config"
     config.write_text(

@@ -24,7 +24,7 @@ KeyOpt = Annotated[
     Path | None,
     typer.Option("--key", envvar="TA_SSH_KEY", help="SSH private key. Default: ~/.ssh/id_ed25519 if present."),
 ]
-UserOpt = Annotated[str, typer.Option("--user", help="SSH user on the pod.")]
+UserOpt = Annotated[str, typer.Option("--user", envvar="TA_SSH_USER", help="SSH user on the pod.")]
 KnownHostsOpt = Annotated[
     Path | None,
     typer.Option(envvar="TA_SSH_KNOWN_HOSTS", help="known_hosts file to use instead of ssh's own."),
