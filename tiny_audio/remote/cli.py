@@ -201,7 +201,10 @@ def train(
     typer.echo(f"training {experiment!r} in tmux session {session_name!r} on {remote.target.describe()}")
     typer.echo(f"forwarded: {', '.join(secrets) or 'nothing'} (HF_TOKEN, WANDB_API_KEY are read locally)")
     if "WANDB_API_KEY" not in secrets:
-        typer.echo("W&B asks for a key in the session: press 2 and paste it from wandb.ai/authorize.")
+        typer.echo(
+            "no WANDB_API_KEY here: a run that logs to W&B asks for it in the session "
+            "(press 2, paste the key from wandb.ai/authorize)."
+        )
     if auto_stop:
         typer.echo(f"auto-stop: the pod stops {auto_stop_grace} s after training exits.")
     typer.echo(commands.BILLING_REMINDER)

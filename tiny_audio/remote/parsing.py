@@ -13,7 +13,6 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\
 _STEP = re.compile(r"Step (\d+)/(\d+)")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
-
 # What changes which line a terminal shows: line ends, carriage return, erase-line, cursor-up (a live
 # progress bar redraws itself with these), then any other escape, which only styles text.
 _CONTROL = re.compile(r"(\r\n|\n)|(\r|\x1b\[2K)|\x1b\[(\d*)A|" + _ANSI.pattern)
