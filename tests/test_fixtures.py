@@ -84,9 +84,7 @@ def test_tokenizer_round_trips_text(tokenizer) -> None:
 
 def test_generation_prompt_is_prefix_of_training_target(tokenizer) -> None:
     user = {"role": "user", "content": "Transcribe the audio."}
-    prompt = tokenizer.apply_chat_template(
-        [user], add_generation_prompt=True, enable_thinking=False, tokenize=False
-    )
+    prompt = tokenizer.apply_chat_template([user], add_generation_prompt=True, enable_thinking=False, tokenize=False)
     target = tokenizer.apply_chat_template(
         [user, {"role": "assistant", "content": "hello world"}], enable_thinking=False, tokenize=False
     )

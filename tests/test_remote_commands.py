@@ -258,3 +258,23 @@ def test_auto_stop_uses_the_api_without_runpodctl(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PATH", "/nonexistent")
     assert runpod_api.stop_this_pod() == 0
     assert api.calls == [("stop", "abc123")]
+
+
+def test_a_forced_replacement_cancels_the_old_sessions_auto_stop(tmp_path: Path) -> None:
+    """`train --force` marks the session as replaced; the old run script then skips stopping the pod."""
+    pod = Pod(str(tmp_path), "python3")
+    stop_log = tmp_path / "stopped"
+    script = commands.run_script(pod, "train", "mlp", [], auto_stop=True, auto_stop_grace_s=0)
+    script = script.replace("python3 -m tiny_audio.remote.runpod_api stop-this-pod", f"touch {stop_log}")
+    script = script.replace("python3 scripts/train.py +experiments=mlp", "true")
+    (tmp_path / "tiny-audio").mkdir()
+    Path(pod.state_dir).mkdir(parents=True)
+    assert "touch " + pod.replaced_marker("train") in commands.stop_session_script(pod, "train")
+
+    Path(pod.replaced_marker("train")).touch()
+    output = subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout
+    assert "auto-stop skipped: this session was replaced" in output and not stop_log.exists()
+
+    Path(pod.replaced_marker("train")).unlink()
+    subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert stop_log.exists()

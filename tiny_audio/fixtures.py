@@ -72,42 +72,205 @@ CHAT_TEMPLATE = """\
 """
 
 _SUBJECTS = (
-    "the cat", "a dog", "my brother", "her sister", "the teacher", "our neighbour", "the old man",
-    "a young woman", "the children", "the farmer", "the doctor", "a student", "the captain", "my friend",
-    "the engineer", "the musician", "a stranger", "the baker", "the pilot", "the driver", "everyone",
-    "the committee", "the government", "the company", "the river", "the train", "the weather",
-    "the president", "the scientist", "the writer", "the painter", "the police", "the city council",
+    "the cat",
+    "a dog",
+    "my brother",
+    "her sister",
+    "the teacher",
+    "our neighbour",
+    "the old man",
+    "a young woman",
+    "the children",
+    "the farmer",
+    "the doctor",
+    "a student",
+    "the captain",
+    "my friend",
+    "the engineer",
+    "the musician",
+    "a stranger",
+    "the baker",
+    "the pilot",
+    "the driver",
+    "everyone",
+    "the committee",
+    "the government",
+    "the company",
+    "the river",
+    "the train",
+    "the weather",
+    "the president",
+    "the scientist",
+    "the writer",
+    "the painter",
+    "the police",
+    "the city council",
 )
 _VERBS = (
-    "saw", "found", "bought", "carried", "painted", "opened", "closed", "visited", "remembered",
-    "described", "watched", "followed", "answered", "borrowed", "cleaned", "delivered", "discovered",
-    "explained", "finished", "greeted", "heard", "helped", "imagined", "joined", "kept", "launched",
-    "measured", "noticed", "ordered", "packed", "questioned", "repaired", "signed", "tested",
-    "understood", "wanted", "wrote", "read", "sold", "built", "moved", "played", "started", "chose",
+    "saw",
+    "found",
+    "bought",
+    "carried",
+    "painted",
+    "opened",
+    "closed",
+    "visited",
+    "remembered",
+    "described",
+    "watched",
+    "followed",
+    "answered",
+    "borrowed",
+    "cleaned",
+    "delivered",
+    "discovered",
+    "explained",
+    "finished",
+    "greeted",
+    "heard",
+    "helped",
+    "imagined",
+    "joined",
+    "kept",
+    "launched",
+    "measured",
+    "noticed",
+    "ordered",
+    "packed",
+    "questioned",
+    "repaired",
+    "signed",
+    "tested",
+    "understood",
+    "wanted",
+    "wrote",
+    "read",
+    "sold",
+    "built",
+    "moved",
+    "played",
+    "started",
+    "chose",
 )
 _OBJECTS = (
-    "the house", "a letter", "the window", "an apple", "the garden", "a small boat", "the bridge",
-    "the newspaper", "a red bicycle", "the kitchen", "the market", "a heavy box", "the station",
-    "the mountain", "an umbrella", "the report", "the library", "a new computer", "the ticket",
-    "the museum", "the village", "the contract", "a bottle of water", "the evening news", "the song",
-    "the picture", "the problem", "the answer", "the money", "the road", "the forest", "the island",
-    "the hospital", "the school", "the factory", "the recipe", "the meeting", "the question",
+    "the house",
+    "a letter",
+    "the window",
+    "an apple",
+    "the garden",
+    "a small boat",
+    "the bridge",
+    "the newspaper",
+    "a red bicycle",
+    "the kitchen",
+    "the market",
+    "a heavy box",
+    "the station",
+    "the mountain",
+    "an umbrella",
+    "the report",
+    "the library",
+    "a new computer",
+    "the ticket",
+    "the museum",
+    "the village",
+    "the contract",
+    "a bottle of water",
+    "the evening news",
+    "the song",
+    "the picture",
+    "the problem",
+    "the answer",
+    "the money",
+    "the road",
+    "the forest",
+    "the island",
+    "the hospital",
+    "the school",
+    "the factory",
+    "the recipe",
+    "the meeting",
+    "the question",
 )
 _PLACES = (
-    "in the morning", "after lunch", "near the harbour", "at the airport", "before dinner",
-    "during the storm", "on monday", "on friday", "last winter", "next summer", "in london",
-    "in paris", "across the street", "behind the church", "under the table", "without a word",
-    "with great care", "in the afternoon", "at midnight", "by the lake", "in september",
-    "in december", "yesterday", "today", "tomorrow", "twice", "again", "quickly", "slowly",
+    "in the morning",
+    "after lunch",
+    "near the harbour",
+    "at the airport",
+    "before dinner",
+    "during the storm",
+    "on monday",
+    "on friday",
+    "last winter",
+    "next summer",
+    "in london",
+    "in paris",
+    "across the street",
+    "behind the church",
+    "under the table",
+    "without a word",
+    "with great care",
+    "in the afternoon",
+    "at midnight",
+    "by the lake",
+    "in september",
+    "in december",
+    "yesterday",
+    "today",
+    "tomorrow",
+    "twice",
+    "again",
+    "quickly",
+    "slowly",
 )
 _ADJECTIVES = (
-    "quiet", "bright", "famous", "strange", "beautiful", "careful", "dangerous", "expensive",
-    "familiar", "gentle", "happy", "important", "large", "modern", "nervous", "ordinary", "patient",
-    "simple", "terrible", "useful", "wonderful", "ancient", "curious", "difficult", "excellent",
+    "quiet",
+    "bright",
+    "famous",
+    "strange",
+    "beautiful",
+    "careful",
+    "dangerous",
+    "expensive",
+    "familiar",
+    "gentle",
+    "happy",
+    "important",
+    "large",
+    "modern",
+    "nervous",
+    "ordinary",
+    "patient",
+    "simple",
+    "terrible",
+    "useful",
+    "wonderful",
+    "ancient",
+    "curious",
+    "difficult",
+    "excellent",
 )
 _NOUNS = (
-    "people", "minutes", "hours", "days", "weeks", "years", "miles", "kilometres", "pounds", "dollars",
-    "percent", "books", "chairs", "houses", "students", "questions", "pages", "songs", "cars", "trees",
+    "people",
+    "minutes",
+    "hours",
+    "days",
+    "weeks",
+    "years",
+    "miles",
+    "kilometres",
+    "pounds",
+    "dollars",
+    "percent",
+    "books",
+    "chairs",
+    "houses",
+    "students",
+    "questions",
+    "pages",
+    "songs",
+    "cars",
+    "trees",
 )
 
 
@@ -162,15 +325,19 @@ def _tiny_llama(vocab_size: int) -> dict:
 
 def _build_glm_asr(path: Path, shape: str, seed: int) -> None:
     # "full" keeps GlmAsrConfig's encoder defaults, which are GLM-ASR-Nano-2512's encoder.
-    audio = {} if shape == "full" else {
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "intermediate_size": 256,
-        "num_mel_bins": 128,
-        "max_position_embeddings": 1500,
-    }
+    audio = (
+        {}
+        if shape == "full"
+        else {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "intermediate_size": 256,
+            "num_mel_bins": 128,
+            "max_position_embeddings": 1500,
+        }
+    )
     # The language model is never loaded by the project, only its keys must exist: keep it tiny.
     config = GlmAsrConfig(audio_config=audio, text_config=_tiny_llama(1024), audio_token_id=1000)
     torch.manual_seed(seed)
@@ -184,11 +351,21 @@ def _build_glm_asr(path: Path, shape: str, seed: int) -> None:
 def _build_whisper(path: Path, shape: str, seed: int) -> None:
     # "full" is whisper-large-v3's encoder; the decoder shares d_model but is one layer deep.
     dims = (
-        {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
-         "num_mel_bins": 128}
+        {
+            "d_model": 1280,
+            "encoder_layers": 32,
+            "encoder_attention_heads": 20,
+            "encoder_ffn_dim": 5120,
+            "num_mel_bins": 128,
+        }
         if shape == "full"
-        else {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 256,
-              "num_mel_bins": 80}
+        else {
+            "d_model": 64,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 4,
+            "encoder_ffn_dim": 256,
+            "num_mel_bins": 80,
+        }
     )
     config = WhisperConfig(
         **dims,
@@ -222,11 +399,25 @@ def _build_qwen3(path: Path, shape: str, seed: int) -> None:
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     dims = (
-        {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
-         "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151_936}
+        {
+            "hidden_size": 1024,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 3072,
+            "vocab_size": 151_936,
+        }
         if shape == "full"
-        else {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "head_dim": 16, "intermediate_size": 128, "vocab_size": _vocab_rows(len(tokenizer))}
+        else {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "intermediate_size": 128,
+            "vocab_size": _vocab_rows(len(tokenizer)),
+        }
     )
     # Ids follow Qwen3-0.6B's config: `<|endoftext|>` is bos and pad, `<|im_end|>` ends a turn.
     config = Qwen3Config(
@@ -244,9 +435,7 @@ def _build_qwen3(path: Path, shape: str, seed: int) -> None:
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).to(_DTYPE[shape])
-    model.generation_config = GenerationConfig(
-        bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id
-    )
+    model.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
     model.save_pretrained(path)
 
 
@@ -259,10 +448,12 @@ def _vocab_rows(n_tokens: int, multiple: int = 64, spare: int = 8) -> int:
 def _build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE with Qwen3's pre-tokenizer and ChatML tokens, trained on a generated corpus."""
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=_TINY_BPE_VOCAB,
@@ -287,6 +478,7 @@ def _build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
 def _corpus(seed: int, n_sentences: int = 4000) -> Iterator[str]:
     """English-like sentences with digits and punctuation, from a small template grammar."""
     rng = random.Random(seed)
+
     def pick(words: tuple[str, ...]) -> str:
         return rng.choice(words)
 
@@ -295,10 +487,11 @@ def _corpus(seed: int, n_sentences: int = 4000) -> Iterator[str]:
         lambda: f"did {pick(_SUBJECTS)} really say that {pick(_OBJECTS)} was {pick(_ADJECTIVES)}?",
         lambda: f"{pick(_SUBJECTS)} waited {rng.randint(2, 999)} {pick(_NOUNS)}, then left.",
         lambda: f"it's {pick(_ADJECTIVES)}; {pick(_SUBJECTS)} won't stop {pick(_PLACES)}!",
-        lambda: f"on {rng.randint(1, 28)}/{rng.randint(1, 12)}/{rng.randint(1950, 2030)} {pick(_SUBJECTS)} "
-        f"paid ${rng.randint(1, 500)}.{rng.randint(10, 99)} for {pick(_OBJECTS)}.",
-        lambda: f'"{pick(_ADJECTIVES)} and {pick(_ADJECTIVES)}," said {pick(_SUBJECTS)} '
-        f"({rng.randint(10, 99)}% sure).",
+        lambda: (
+            f"on {rng.randint(1, 28)}/{rng.randint(1, 12)}/{rng.randint(1950, 2030)} {pick(_SUBJECTS)} "
+            f"paid ${rng.randint(1, 500)}.{rng.randint(10, 99)} for {pick(_OBJECTS)}."
+        ),
+        lambda: f'"{pick(_ADJECTIVES)} and {pick(_ADJECTIVES)}," said {pick(_SUBJECTS)} ({rng.randint(10, 99)}% sure).',
         lambda: f"hello world, {pick(_SUBJECTS)} would like to transcribe the {pick(_ADJECTIVES)} speech.",
     )
     for _ in range(n_sentences):

@@ -92,6 +92,10 @@ class Pod:
     def secrets_path(self, session: str) -> str:
         return f"{self.state_dir}/{session}.env"
 
+    def replaced_marker(self, session: str) -> str:
+        """Present while `train --force` replaces the session: its auto-stop must not stop the pod."""
+        return f"{self.state_dir}/{session}.replaced"
+
 
 def ssh_options(target: Target) -> list[str]:
     options = [
@@ -186,7 +190,8 @@ test -f {config} && echo experiment=present || echo experiment=missing
 def stop_session_script(pod: Pod, session: str, wait_s: int = 30) -> str:
     """Ctrl+C first so training saves a checkpoint; kill the session only if it outlives `wait_s`."""
     target = shlex.quote(f"={session}")
-    return f"""{pod.tmux} send-keys -t {target}: C-c
+    return f"""touch {shlex.quote(pod.replaced_marker(session))}
+{pod.tmux} send-keys -t {target}: C-c
 for _ in $(seq {wait_s * 2}); do {pod.tmux} has-session -t {target} 2>/dev/null || exit 0; sleep 0.5; done
 {pod.tmux} kill-session -t {target}
 """
@@ -237,7 +242,11 @@ def run_script(
             "trap 'echo \"tiny-audio: auto-stop cancelled; the pod keeps running (and billing)\"; exit 130' INT",
             f'echo "tiny-audio: auto-stop: stopping this pod in {auto_stop_grace_s} s (Ctrl+C keeps it running)"',
             f"sleep {auto_stop_grace_s}",
-            f"{shlex.quote(pod.python)} -m tiny_audio.remote.runpod_api stop-this-pod",
+            f"if [ -f {shlex.quote(pod.replaced_marker(session))} ]; then",
+            '  echo "tiny-audio: auto-stop skipped: this session was replaced by train --force"',
+            "else",
+            f"  {shlex.quote(pod.python)} -m tiny_audio.remote.runpod_api stop-this-pod",
+            "fi",
         ]
     lines.append('exit "$code"')
     return "\n".join(lines) + "\n"
@@ -256,6 +265,7 @@ def launch_script(pod: Pod, session: str, script: str) -> str:
 mkdir -p {state} && chmod 700 {state}
 cat > {path} <<'TA_RUN_SCRIPT_EOF'
 {script}TA_RUN_SCRIPT_EOF
+rm -f {shlex.quote(pod.replaced_marker(session))}
 if [ -f {log} ]; then mv {log} {log}.previous; fi
 : > {log}
 {pod.tmux} new-session -d -s {name} -x 200 -y 50 -c {shlex.quote(pod.project)} {command} \\; \\
