@@ -47,7 +47,7 @@ class HubPushCallback(Callback):
         retries: int = 3,
         *,
         backoff_seconds: float = 5.0,
-        wait_seconds: float = 1800.0,
+        wait_seconds: float = 600.0,
         api: HfApi | None = None,
     ) -> None:
         self.repo_id = repo_id

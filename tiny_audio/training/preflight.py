@@ -29,7 +29,8 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCausalLM,
 
 from tiny_audio.config import Config, ConfigError
 from tiny_audio.data.collator import collator_for
-from tiny_audio.data.sources import train_records
+from tiny_audio.data.guard import DataQualityError
+from tiny_audio.data.sources import DataSourceError, train_records
 from tiny_audio.data.stream import build_eval_stream, build_train_stream
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.encoder import _layout
@@ -213,19 +214,16 @@ class Preflight:
     def check_dataset(self) -> str:
         # No shuffle buffer: filling one would read a thousand records to check one batch.
         data = dataclasses.replace(self.cfg.data, shuffle_buffer=0)
-        for index, dataset in enumerate(data.datasets):
-            path = Path(dataset.path).expanduser()
-            if (path.is_absolute() or dataset.path.startswith((".", "~"))) and not path.exists():
-                raise CheckFailed(
-                    f"data.datasets[{index}].path={dataset.path!r} does not exist; point it at a local dataset "
-                    "directory or a Hub dataset id (owner/name)"
-                )
-        if next(iter(train_records(data)), None) is None:
-            raise CheckFailed("the train splits hold no records; check data.datasets[].train_splits")
         size = self.cfg.training.per_device_train_batch_size
-        samples = list(itertools.islice(iter(build_train_stream(data)), size))
-        if next(iter(build_eval_stream(data)), None) is None:
-            raise CheckFailed("the eval splits hold no usable sample; check data.datasets[].eval_splits")
+        try:
+            # An empty train split would make the endless stream spin: check it holds a record first.
+            if next(iter(train_records(data)), None) is None:
+                raise CheckFailed("the train splits hold no records; check data.datasets[].train_splits")
+            samples = list(itertools.islice(iter(build_train_stream(data)), size))
+            if next(iter(build_eval_stream(data)), None) is None:
+                raise CheckFailed("the eval splits hold no usable sample; check data.datasets[].eval_splits")
+        except (DataSourceError, DataQualityError) as error:
+            raise CheckFailed(str(error)) from None
         seconds = sum(len(s["audio"]) for s in samples) / data.sample_rate
         if self.model is None:
             return f"{len(samples)} train samples read and decoded ({seconds:.1f} s of audio); eval split readable"
