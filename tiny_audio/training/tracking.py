@@ -12,6 +12,7 @@ import importlib.util
 import netrc
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +29,7 @@ class TrackerLoginError(RuntimeError):
     """The configured tracker cannot log: not installed, or not logged in with nobody to ask."""
 
 
-def wandb_logged_in(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def wandb_logged_in(env: Mapping[str, str] = os.environ) -> bool:
     """An API key in the environment, an identity-token file, or a netrc entry for the W&B host."""
     if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
