@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from tests.data_helpers import sentence, tone, write_audiofolder
 from tiny_audio.config import Config, DataConfig, DatasetConfig, TrainingConfig
 from tiny_audio.data.collator import collator_for
-from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.evaluation.cli import app
 from tiny_audio.evaluation.transcribe import decode, transcribe
 from tiny_audio.model.build import build_model
@@ -132,7 +131,7 @@ def short_run(tiny_model_config, tmp_path_factory: pytest.TempPathFactory) -> Sh
         eval_wer_samples=4,
     )
     recorder, lines = Recorder(), []
-    run(cfg.validate(), callbacks=[WerCallback(max_new_tokens=8), recorder], log=lines.append)
+    run(cfg.validate(), callbacks=[recorder], log=lines.append)
     return ShortRun(data, root / "run" / "checkpoint-4", recorder.metrics, lines)
 
 

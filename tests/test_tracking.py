@@ -20,7 +20,7 @@ from wandb.proto import wandb_internal_pb2
 from tests.data_helpers import write_corrupt_audiofolder
 from tiny_audio.training.preflight import run_preflight
 from tiny_audio.training.run import run
-from tiny_audio.training.tracking import TrackerCallback, TrackerLoginError, require_tracker
+from tiny_audio.training.tracking import TrackerLoginError, require_tracker
 from tiny_audio.training.trainer import Callback
 
 LOGIN_HINTS = ("wandb login", "export WANDB_API_KEY=", "training.report_to=none", "WANDB_MODE=offline")
@@ -80,7 +80,7 @@ def nested(items: Any) -> dict[str, Any]:
 def test_offline_wandb_run_holds_the_named_keys(tiny_run_config, tmp_path: Path, wandb_offline: None) -> None:
     expected_skips = write_corrupt_audiofolder(tmp_path / "data")
     cfg = tiny_run_config(tmp_path / "data", max_steps=6, logging_steps=2, eval_steps=3, report_to="wandb")
-    run(cfg, callbacks=[FakeWer(), TrackerCallback("wandb")], log=lambda _: None)
+    run(cfg, callbacks=[FakeWer()], log=lambda _: None)  # run() adds the TrackerCallback
     (log_file,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
     rows, summary = [], {}
     for record in wandb_records(log_file):

@@ -24,8 +24,17 @@ app.registered_commands.extend(evaluation_app.registered_commands)  # `ta transc
     "train",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
-def train(ctx: typer.Context) -> None:
+def train(
+    ctx: typer.Context,
+    preflight: bool = typer.Option(
+        False, "--preflight", help="Only check config, models, data, memory, disk, Hub and tracker; then exit."
+    ),
+) -> None:
     """Train with Hydra overrides, exactly as scripts/train.py: `ta train +experiments=mlp training.max_steps=10`."""
+    if preflight:
+        from tiny_audio.training.preflight import preflight_main
+
+        raise typer.Exit(preflight_main(list(ctx.args)))
     from tiny_audio.training.run import main
 
     raise typer.Exit(main(list(ctx.args)))

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,12 +165,13 @@ class Preflight:
     def _skeleton_trainable_params(self) -> int:
         """Trainable parameters from configs alone: the model is built on the meta device, without weights."""
         cfg = self.cfg.model
-        _, encoder_config = _layout(AutoConfig.from_pretrained(cfg.audio_model_id))
-        AutoFeatureExtractor.from_pretrained(cfg.audio_model_id)
-        AutoTokenizer.from_pretrained(cfg.text_model_id)
+        _, encoder_config = _layout(_resolve("model.audio_model_id", cfg.audio_model_id, AutoConfig))
+        _resolve("model.audio_model_id", cfg.audio_model_id, AutoFeatureExtractor)
+        _resolve("model.text_model_id", cfg.text_model_id, AutoTokenizer)
+        text_config = _resolve("model.text_model_id", cfg.text_model_id, AutoConfig)
         encoder_dim = getattr(encoder_config, "d_model", None) or encoder_config.hidden_size
         with init_empty_weights():
-            llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.text_model_id))
+            llm = AutoModelForCausalLM.from_config(text_config)
             projector = build_projector(cfg, encoder_dim, llm.get_input_embeddings().embedding_dim)
         total = sum(p.numel() for p in projector.parameters()) if cfg.projector_trainable else 0
         if cfg.lora.enabled:
@@ -280,6 +282,17 @@ def memory_check(cfg: Config, model: SpeechLLM, accelerator: Accelerator) -> str
     return f"forward/backward at {shape}: peak {_gib(peak)} of {_gib(total)} GPU memory"
 
 
+def _resolve(key: str, model_id: str, loader: Any) -> Any:
+    try:
+        return loader.from_pretrained(model_id)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise CheckFailed(
+            f"{key}={model_id!r} cannot be loaded ({reason}); check the id, the network and HF_TOKEN, "
+            "or point it at a local directory"
+        ) from None
+
+
 def run_preflight(
     cfg: Config,
     *,
@@ -313,7 +326,10 @@ def require_preflight(cfg: Config, *, model: SpeechLLM | None = None, log: Calla
     """The cheap checks for `run`, raising PreflightError on a failure."""
     results = run_preflight(cfg, model=model, log=log)
     if not results[-1].ok:
-        raise PreflightError(f"preflight failed: {results[-1].line()}")
+        raise PreflightError(
+            f"preflight failed at the {results[-1].name} check (above); fix it, or skip the checks with "
+            "training.preflight=false"
+        )
 
 
 def require_memory_fits(

@@ -24,7 +24,10 @@ from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
+from tiny_audio.training.operations import operations_callbacks
+from tiny_audio.training.preflight import PreflightError, require_memory_fits, require_preflight
 from tiny_audio.training.terminal import TerminalProgress
+from tiny_audio.training.tracking import TrackerLoginError, require_tracker
 from tiny_audio.training.trainer import Callback, NonFiniteLossError, Trainer, TrainState
 
 
@@ -45,10 +48,15 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> TrainState:
     args = cfg.training
     output_dir = Path(args.output_dir or "outputs")
+    require_tracker(args.report_to)
+    if args.preflight:
+        require_preflight(cfg, log=log)  # before any weights load: fail in seconds, not after a download
     set_seed(args.seed)
     accelerator = make_accelerator(cfg)
     model = build_model(cfg.model)
     log(describe_parameters(model))
+    if args.preflight and torch.cuda.is_available():
+        require_memory_fits(cfg, model, accelerator, log=log)
     collator = collator_for(model, cfg.data.sample_rate)
     rank, world = accelerator.process_index, accelerator.num_processes
     train_loader = StatefulDataLoader(
@@ -63,7 +71,8 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         return DataLoader(eval_stream, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
 
     model = accelerator.prepare(model)
-    callbacks = [WerCallback(), *(callbacks or [])]
+    # WER first: the tracker callback tables the predictions it adds.
+    callbacks = [WerCallback(), *(callbacks or []), *operations_callbacks(cfg)]
     if log is print and sys.stdout.isatty():
         # Plain lines when output goes to a file or a tmux log; a live bar for a person watching.
         bar = TerminalProgress()
@@ -124,7 +133,14 @@ def main(overrides: list[str]) -> int:
         return 2
     try:
         run(cfg)
-    except (DataSourceError, DataQualityError, NonFiniteLossError, FileNotFoundError) as error:
+    except (
+        DataSourceError,
+        DataQualityError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        TrackerLoginError,
+        PreflightError,
+    ) as error:
         print(f"error: {error}")
         return 1
     return 0
