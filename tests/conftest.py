@@ -52,15 +52,17 @@ def tiny_run_config(tiny_model_config, tmp_path: Path):
     def make(data_dir: Path, model: dict | None = None, data: dict | None = None, **training: object) -> Config:
         cfg = Config(experiment="test")
         cfg.model = tiny_model_config(**(model or {}))
+        data_defaults = {
+            "streaming": True,
+            "min_words": 1,
+            "num_workers": 0,
+            "shuffle_buffer": 0,
+            "max_eval_samples": 8,
+        }
         cfg.data = dataclasses.replace(
             cfg.data,
             datasets=[DatasetConfig(path=str(data_dir), train_splits=["train"], eval_splits=["validation"])],
-            streaming=True,
-            min_words=1,
-            num_workers=0,
-            shuffle_buffer=0,
-            max_eval_samples=8,
-            **(data or {}),
+            **{**data_defaults, **(data or {})},
         )
         defaults = {
             "output_dir": str(tmp_path / "run"),

@@ -40,6 +40,7 @@ def start_child(cfg: Config, tmp_path: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group, as a terminal's foreground job has
     )
 
 
@@ -134,10 +135,12 @@ class StopAt(Callback):
             trainer.request_stop("test stop")
 
 
-def test_sigterm_saves_a_complete_checkpoint_and_says_how_to_resume(
-    tiny_run_config, data: Path, tmp_path: Path
+@pytest.mark.parametrize("interrupt", ["SIGTERM to the process", "Ctrl+C to the process group"])
+def test_an_interrupt_saves_a_complete_checkpoint_and_says_how_to_resume(
+    tiny_run_config, data: Path, tmp_path: Path, interrupt: str
 ) -> None:
-    cfg = tiny_run_config(data, max_steps=100000, save_steps=100000, logging_steps=1)
+    # Two loader workers: a terminal's Ctrl+C reaches them too, and they must keep serving batches.
+    cfg = tiny_run_config(data, max_steps=100000, save_steps=100000, logging_steps=1, data={"num_workers": 2})
     child = start_child(cfg, tmp_path)
     try:
         deadline = time.monotonic() + 120
@@ -146,12 +149,16 @@ def test_sigterm_saves_a_complete_checkpoint_and_says_how_to_resume(
             if line.startswith("Step 3/"):
                 break
             assert time.monotonic() < deadline
-        child.send_signal(signal.SIGTERM)
+        if interrupt.startswith("SIGTERM"):
+            child.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(child.pid, signal.SIGINT)
         output = child.communicate(timeout=60)[0]
     finally:
         child.kill()
+    name = "SIGTERM" if interrupt.startswith("SIGTERM") else "SIGINT"
     assert child.returncode == 0, output
-    assert "SIGTERM received: finishing this step, saving a checkpoint" in output
+    assert output.count(f"{name} received: finishing this step, saving a checkpoint") == 1, output
     assert "Resume with: training.resume_from_checkpoint=latest" in output
     saved = checkpoints.latest_checkpoint(tmp_path / "run")
     assert saved is not None and checkpoints.read_trainer_state(saved)["step"] >= 3

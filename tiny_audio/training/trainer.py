@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -307,6 +308,7 @@ class Trainer:
         self.stop_reason = self.stop_reason or reason
 
     def _install_signal_handlers(self) -> None:
+        self._main_pid = os.getpid()
         self._previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for sig in self._previous:
             signal.signal(sig, self._on_signal)
@@ -316,6 +318,10 @@ class Trainer:
             signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._main_pid:
+            # A data-loader worker forked with this handler: Ctrl+C reaches the whole process
+            # group, and the worker must keep serving batches until the main process has saved.
+            return
         self._interrupts += 1
         name = signal.Signals(signum).name
         if self._interrupts > 1:
