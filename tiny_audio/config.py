@@ -373,15 +373,6 @@ def _describe_omegaconf_error(error: Exception) -> str:
     return message
 
 
-def override_keys(overrides: list[str]) -> list[str]:
-    """The dotted keys that command-line overrides set, without +/~ prefixes."""
-    keys = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        keys.append(key)
-    return keys
-
-
 def suggest_key(dotted: str) -> str | None:
     """The known dotted key closest to `dotted`, for typo'd command-line overrides."""
     candidates = list(_all_keys(Config, ""))

@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import snapshot_download
 from omegaconf import OmegaConf
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer
 
@@ -99,10 +99,6 @@ def load_pretrained(path_or_id: str, **overrides: object) -> SpeechLLM:
     model = build_model(cfg)
     load_weights(model, directory)
     return model.eval()
-
-
-def lora_state_dict(model: SpeechLLM) -> dict[str, torch.Tensor]:
-    return get_peft_model_state_dict(model.llm) if isinstance(model.llm, PeftModel) else {}
 
 
 def parameter_counts(model: SpeechLLM) -> dict[str, tuple[int, int]]:

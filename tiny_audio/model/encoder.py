@@ -32,7 +32,7 @@ class EncoderLayout:
     fixed_frames: int | None  # mel frames every input must be padded to, if any
 
 
-def _layout(config: PretrainedConfig) -> tuple[EncoderLayout, PretrainedConfig]:
+def encoder_layout(config: PretrainedConfig) -> tuple[EncoderLayout, PretrainedConfig]:
     if config.model_type == "glmasr":
         return EncoderLayout(GlmAsrEncoder, ("audio_tower.", "model.audio_tower."), None), config.audio_config
     if config.model_type == "glmasr_encoder":
@@ -76,7 +76,7 @@ class AudioEncoder(nn.Module):
 def load_audio_encoder(model_id: str, dtype: torch.dtype, attn_implementation: str = "sdpa") -> AudioEncoder:
     """Load only the encoder of a GLM-ASR or Whisper checkpoint (hub id or local directory)."""
     config = AutoConfig.from_pretrained(model_id)
-    layout, encoder_config = _layout(config)
+    layout, encoder_config = encoder_layout(config)
     encoder_config._attn_implementation = attn_implementation
     with init_empty_weights():
         module = layout.module_class(encoder_config)

@@ -119,6 +119,3 @@ class SpeechLLM(nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             **generate_kwargs,
         )
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}

@@ -34,7 +34,7 @@ from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.sources import DataSourceError, train_records
 from tiny_audio.data.stream import build_eval_stream, build_train_stream
 from tiny_audio.model.build import build_model, parameter_counts
-from tiny_audio.model.encoder import _layout
+from tiny_audio.model.encoder import encoder_layout
 from tiny_audio.model.projectors import build_projector
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
@@ -165,7 +165,7 @@ class Preflight:
     def _skeleton_trainable_params(self) -> int:
         """Trainable parameters from configs alone: the model is built on the meta device, without weights."""
         cfg = self.cfg.model
-        _, encoder_config = _layout(_resolve("model.audio_model_id", cfg.audio_model_id, AutoConfig))
+        _, encoder_config = encoder_layout(_resolve("model.audio_model_id", cfg.audio_model_id, AutoConfig))
         _resolve("model.audio_model_id", cfg.audio_model_id, AutoFeatureExtractor)
         _resolve("model.text_model_id", cfg.text_model_id, AutoTokenizer)
         text_config = _resolve("model.text_model_id", cfg.text_model_id, AutoConfig)
