@@ -255,3 +255,28 @@ def test_non_finite_updates_are_skipped_counted_then_stop(
 def _nan_output(output):
     output.loss = output.loss * float("nan")
     return output
+
+
+class CountLogs(Callback):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.count += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.count = state["count"]
+
+
+def test_callback_state_survives_a_resume(tiny_run_config, data: Path) -> None:
+    cfg = tiny_run_config(data, max_steps=8, logging_steps=1, save_steps=100)
+    first = CountLogs()
+    run(cfg, callbacks=[first, StopAt(3)], log=quiet)
+    assert first.count == 3
+    cfg.training.resume_from_checkpoint = "latest"
+    second = CountLogs()
+    run(cfg, callbacks=[second], log=quiet)
+    assert second.count == 8  # 3 restored + 5 more

@@ -136,6 +136,13 @@ class EarlyStoppingCallback(Callback):
                 f"{self.patience} evaluations, training.early_stopping.patience={self.patience}"
             )
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_step": self.best_step, "evals_without_improvement": self.evals_without_improvement}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_step = state["best_step"]
+        self.evals_without_improvement = state["evals_without_improvement"]
+
     def on_save(self, trainer: Trainer, checkpoint: Path) -> None:
         if _checkpoint_step(checkpoint) == self.best_step:
             trainer.state.best_checkpoint = str(checkpoint)

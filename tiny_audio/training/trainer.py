@@ -58,6 +58,12 @@ class Callback:
     def on_save(self, trainer: Trainer, checkpoint: Path) -> None: ...
     def on_train_end(self, trainer: Trainer, status: str) -> None: ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a callback must remember across a resume (counters, detectors); saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 class Trainer:
     def __init__(
@@ -107,6 +113,9 @@ class Trainer:
             self.train_loader.load_state_dict(state["dataloader"])
             self.skips.load_state_dict(state["skips"])
             self.state = TrainState(**state["train_state"])
+            for callback in self.callbacks:
+                if type(callback).__name__ in state["callbacks"]:
+                    callback.load_state_dict(state["callbacks"][type(callback).__name__])
             checkpoints.set_rng_state(state["rng"])
             self.log(
                 f"Resumed from {checkpoint} at step {self.state.step}: weights, optimizer, data position restored."
@@ -291,6 +300,7 @@ class Trainer:
             "skips": self.skips.state_dict(),
             "train_state": asdict(self.state),
             "rng": checkpoints.rng_state(),
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
         }
         path = checkpoints.write_checkpoint(
             self.output_dir, self.state.step, lambda d: save_pretrained(model, d), trainer_state, training_state
