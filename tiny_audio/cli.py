@@ -61,3 +61,22 @@ def build_fixtures_command(
         raise typer.Exit(2) from None
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
+
+
+@app.command("benchmark")
+def benchmark_command(
+    fixtures_dir: str = typer.Argument(..., help="Output of `ta fixtures build DIR --shape full` (or tiny)."),
+    batch_size: int = typer.Option(2, help="Clips per step."),
+    steps: int = typer.Option(4, help="Timed steps per padding mode (after one warm-up step)."),
+    bf16: bool = typer.Option(True, help="bf16 weights and autocast, as training runs."),
+    out: str = typer.Option("outputs/benchmark.json", help="Where to write the figures as JSON."),
+) -> None:
+    """Time real training steps with 30 s padding vs padding to the longest clip of each batch."""
+    from pathlib import Path
+
+    from tiny_audio.benchmark import run_benchmark
+
+    root = Path(fixtures_dir)
+    run_benchmark(
+        str(root / "glm-asr"), str(root / "qwen3"), batch_size=batch_size, steps=steps, bf16=bf16, out=Path(out)
+    )
