@@ -58,7 +58,7 @@ def test_stages_declare_what_trains() -> None:
         (["training.learning_rate=-1"], "training.learning_rate=-1.0 is not allowed: a positive number"),
         (["training.max_steps=ten"], "training.max_steps='ten' is not allowed: expected integer"),
         (["+experiments=nope"], "no config 'experiments/nope' in configs/: choose one of"),
-        (["training.push_to_hub=true"], "training.hub_model_id=None is not allowed: set it"),
+        (["training.save_total_limit=0"], "training.save_total_limit=0 is not allowed: a positive integer"),
     ],
 )
 def test_config_errors_name_key_value_and_fix(overrides: list[str], message: str) -> None:

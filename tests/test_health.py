@@ -114,3 +114,28 @@ def test_a_best_evaluation_between_saves_is_saved(tiny_run_config, tmp_path: Pat
     run_dir = tmp_path / "run"
     assert state.best_checkpoint == str(run_dir / "checkpoint-4")
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_the_best_checkpoint_survives_a_resume(tiny_run_config, tmp_path: Path) -> None:
+    """A resumed run keeps counting from the restored best; the true best is never pruned."""
+    data = write_audiofolder(tmp_path / "data", {"train": 8, "validation": 4})
+    cfg = tiny_run_config(data, max_steps=30, eval_steps=2, save_steps=2, save_total_limit=1, logging_steps=2)
+    # Best at step 4; the run stops (as if preempted) after step 6.
+    run(cfg, callbacks=[ScriptedEvalLoss([5.0, 3.0, 4.0]), EarlyStoppingCallback(patience=3), StopAt(6)], log=print)
+    cfg.training.resume_from_checkpoint = "latest"
+    lines: list[str] = []
+    # Evaluations at 8 and 10 bring no new best: with the restored count that makes three -> stop at 10.
+    state = run(cfg, callbacks=[ScriptedEvalLoss([4.5, 4.2, 1.0]), EarlyStoppingCallback(patience=3)], log=lines.append)
+    run_dir = tmp_path / "run"
+    assert state.step == 10 and state.best_step == 4 and state.best_eval_loss == 3.0
+    assert state.best_checkpoint == str(run_dir / "checkpoint-4")
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-4"]
+
+
+class StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
+        if trainer.state.step >= self.step:
+            trainer.request_stop("test stop")

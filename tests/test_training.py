@@ -63,3 +63,14 @@ def test_moe_router_loss_is_added_and_logged(tiny_run_config, tmp_path: Path) ->
     run(tiny_run_config(data, model={"projector_type": "moe"}, max_steps=4, logging_steps=2), [recorder], print)
     assert all(m["train/aux_loss"] > 0 for m in recorder.logged)
     assert all(m["train/loss"] > m["train/aux_loss"] for m in recorder.logged)
+
+
+def test_bf16_run_with_wer_evaluation_completes(tiny_run_config, tmp_path: Path) -> None:
+    """The course's defaults (bf16 weights and autocast) with WER decoding, on the CPU."""
+    data = write_audiofolder(tmp_path / "data", {"train": 8, "validation": 4})
+    cfg = tiny_run_config(data, model={"dtype": "bfloat16"}, bf16=True, max_steps=2, eval_steps=2, eval_wer_samples=2)
+    lines: list[str] = []
+    state = run(cfg, log=lines.append)
+    assert state.step == 2
+    assert any(line.startswith("Eval at step 2 | eval/loss: ") and "eval/wer: " in line for line in lines), lines
+    assert (tmp_path / "run" / "checkpoint-2" / "projector.safetensors").exists()

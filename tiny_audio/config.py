@@ -237,7 +237,9 @@ class TrainingConfig:
     seed: int = 42
     bf16: bool = True
     resume_from_checkpoint: str | None = None
-    push_to_hub: bool = False
+    # Checkpoints and the final model go to `hub_model_id` whenever one is set (the course sets
+    # only the id); push_to_hub=false keeps them local even then.
+    push_to_hub: bool = True
     hub_model_id: str | None = None
     report_to: str = "wandb"
     run_name: str | None = None
@@ -251,6 +253,10 @@ class TrainingConfig:
     hub_push_retries: int = 3
     # Check config, models, data, memory, disk, Hub and tracker before the first step.
     preflight: bool = True
+
+    @property
+    def pushes_to_hub(self) -> bool:
+        return self.push_to_hub and bool(self.hub_model_id)
 
     def validate(self, prefix: str = "training") -> None:
         positive = (
@@ -283,12 +289,6 @@ class TrainingConfig:
             f"one of {', '.join(schedulers)}",
         )
         _require(self.report_to in TRACKERS, f"{prefix}.report_to", self.report_to, f"one of {', '.join(TRACKERS)}")
-        _require(
-            not self.push_to_hub or bool(self.hub_model_id),
-            f"{prefix}.hub_model_id",
-            self.hub_model_id,
-            "set it (e.g. your-username/tiny-audio) when training.push_to_hub is true",
-        )
         _require(
             self.gpu_hourly_usd is None or self.gpu_hourly_usd >= 0,
             f"{prefix}.gpu_hourly_usd",

@@ -63,6 +63,8 @@ class SpeechStream(torch.utils.data.IterableDataset):
         held: dict[str, Any] | None = None
         while True:
             records = yielded = 0
+            # A pass resumed at its very end has nothing left; only a full pass proves a worker starved.
+            full_pass = self._resume is None
             for record in self._records_for_this_worker():
                 records += 1
                 try:
@@ -89,7 +91,7 @@ class SpeechStream(torch.utils.data.IterableDataset):
                     held["skipped"] = held["skipped"] + skipped
                     yield held
                 return
-            if not yielded:
+            if not yielded and full_pass:
                 # Another pass would find nothing either: fail rather than spin without yielding.
                 raise DataQualityError(self._empty_pass_message(records, skipped))
             self.epoch += 1

@@ -85,14 +85,15 @@ class WerCallback(Callback):
             return
         samples = self._eval_samples(trainer, wanted)
         model = trainer.accelerator.unwrap_model(trainer.model)
-        with trainer.accelerator.autocast():
-            predictions = transcribe(
-                model,
-                [s["audio"] for s in samples],
-                trainer.cfg.data.sample_rate,
-                batch_size=trainer.cfg.training.per_device_eval_batch_size,
-                max_new_tokens=self.max_new_tokens,
-            )
+        # No autocast here: it would reach the feature extractor's torch code (bf16 mels it cannot
+        # turn into numpy), and the model casts projected audio to the LLM's dtype itself.
+        predictions = transcribe(
+            model,
+            [s["audio"] for s in samples],
+            trainer.cfg.data.sample_rate,
+            batch_size=trainer.cfg.training.per_device_eval_batch_size,
+            max_new_tokens=self.max_new_tokens,
+        )
         references = [s["text"] for s in samples]
         report = score(references, predictions)
         metrics.update(report.metrics())

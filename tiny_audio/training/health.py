@@ -7,8 +7,6 @@ and speaks once per episode: a warning is repeated only after the condition has 
 from __future__ import annotations
 
 import math
-import re
-from pathlib import Path
 from typing import Any
 
 from tiny_audio.training.trainer import Callback, Trainer
@@ -101,21 +99,21 @@ class OverfittingCallback(Callback):
 class EarlyStoppingCallback(Callback):
     """Stop after `patience` evaluations without a new best eval loss; keep that best checkpoint.
 
-    The checkpoint saved at the best evaluation becomes `trainer.state.best_checkpoint`, which
-    checkpoint pruning never deletes. A best evaluation at a step the loop would not save at is
-    saved here, so the best weights always exist on disk.
+    The best evaluation's step goes into `trainer.state.best_step`; the checkpoint saved at that step
+    becomes `trainer.state.best_checkpoint`, which pruning never deletes. A best evaluation at a step
+    the loop would not save at is saved here, so the best weights always exist on disk.
     """
 
     def __init__(self, patience: int, min_delta: float = 0.0) -> None:
         self.patience = patience
         self.min_delta = min_delta
-        self.best_step: int | None = None
         self.evals_without_improvement = 0
 
-    def on_train_start(self, trainer: Trainer) -> None:
-        # A resumed run carries its best so far in TrainState.
-        if trainer.state.best_checkpoint is not None:
-            self.best_step = _checkpoint_step(Path(trainer.state.best_checkpoint))
+    def state_dict(self) -> dict[str, Any]:
+        return {"evals_without_improvement": self.evals_without_improvement}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.evals_without_improvement = state["evals_without_improvement"]
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         loss = metrics.get("eval/loss", math.nan)
@@ -123,39 +121,22 @@ class EarlyStoppingCallback(Callback):
             return
         state, step = trainer.state, trainer.state.step
         if state.best_eval_loss is None or loss < state.best_eval_loss - self.min_delta:
-            state.best_eval_loss, self.best_step = loss, step
+            state.best_eval_loss, state.best_step = loss, step
             self.evals_without_improvement = 0
-            args = trainer.args
-            if step % args.save_steps and step != args.max_steps:
+            if not trainer.will_save_at(step):
                 trainer.save()
             return
         self.evals_without_improvement += 1
         if self.evals_without_improvement >= self.patience:
             trainer.request_stop(
-                f"early stopping: no eval loss below {state.best_eval_loss:.4f} (step {self.best_step}) for "
+                f"early stopping: no eval loss below {state.best_eval_loss:.4f} (step {state.best_step}) for "
                 f"{self.patience} evaluations, training.early_stopping.patience={self.patience}"
             )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best_step": self.best_step, "evals_without_improvement": self.evals_without_improvement}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_step = state["best_step"]
-        self.evals_without_improvement = state["evals_without_improvement"]
-
-    def on_save(self, trainer: Trainer, checkpoint: Path) -> None:
-        if _checkpoint_step(checkpoint) == self.best_step:
-            trainer.state.best_checkpoint = str(checkpoint)
 
     def on_train_end(self, trainer: Trainer, status: str) -> None:
         state = trainer.state
         if state.best_checkpoint is not None and state.best_eval_loss is not None:
             trainer.log(
                 f"Best checkpoint: {state.best_checkpoint} (eval loss {state.best_eval_loss:.4f} at step "
-                f"{self.best_step}); load it with load_pretrained('{state.best_checkpoint}')."
+                f"{state.best_step}); load it with load_pretrained('{state.best_checkpoint}')."
             )
-
-
-def _checkpoint_step(checkpoint: Path) -> int | None:
-    match = re.fullmatch(r"checkpoint-(\d+)", checkpoint.name)
-    return int(match.group(1)) if match else None

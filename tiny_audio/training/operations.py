@@ -20,7 +20,7 @@ def operations_callbacks(cfg: Config) -> list[Callback]:
     ]
     if patience is not None:
         callbacks.append(EarlyStoppingCallback(patience, args.early_stopping.min_delta))
-    if args.push_to_hub:
-        assert args.hub_model_id is not None  # TrainingConfig.validate requires it with push_to_hub
+    if args.pushes_to_hub:
+        assert args.hub_model_id is not None
         callbacks.append(HubPushCallback(args.hub_model_id, args.hub_push_retries))
     return callbacks

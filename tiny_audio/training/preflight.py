@@ -40,7 +40,7 @@ from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.hub import scrub_token
 from tiny_audio.training.tracking import WANDB_DEFAULT_HOST, WANDB_LOCAL_MODES, require_tracker
-from tiny_audio.training.trainer import MODEL_INPUTS
+from tiny_audio.training.trainer import MODEL_INPUTS, bf16_autocast
 
 # fp32 weights + AdamW's two moments, per trainable parameter.
 CHECKPOINT_BYTES_PER_PARAM = 4 * 3
@@ -125,8 +125,9 @@ class Preflight:
 
     def check_hub(self) -> str:
         args = self.cfg.training
-        if not args.push_to_hub:
-            return "not pushing (training.push_to_hub=false)"
+        if not args.pushes_to_hub:
+            why = "training.push_to_hub=false" if args.hub_model_id else "training.hub_model_id is not set"
+            return f"not pushing ({why}): checkpoints stay on this machine only"
         repo_id = args.hub_model_id or ""
         api = HfApi()
         try:
@@ -261,7 +262,7 @@ def memory_check(cfg: Config, model: SpeechLLM, accelerator: Accelerator) -> str
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     try:
-        with accelerator.autocast():
+        with bf16_autocast(cfg, accelerator.device):
             loss = model(**inputs).loss
         loss.backward()
     except torch.OutOfMemoryError:

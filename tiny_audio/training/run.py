@@ -41,8 +41,8 @@ def describe_parameters(model: SpeechLLM) -> str:
 
 def make_accelerator(cfg: Config) -> Accelerator:
     tracker = None if cfg.training.report_to == "none" else cfg.training.report_to
-    mixed = "bf16" if cfg.training.bf16 and (torch.cuda.is_available() or cfg.model.dtype == "bfloat16") else "no"
-    return Accelerator(mixed_precision=mixed, log_with=tracker, project_dir=cfg.training.output_dir)
+    # Mixed precision is the trainer's own bf16 autocast (see bf16_autocast), not accelerate's.
+    return Accelerator(log_with=tracker, project_dir=cfg.training.output_dir)
 
 
 def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> TrainState:
@@ -51,6 +51,11 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
     require_tracker(args.report_to)
     if args.preflight:
         require_preflight(cfg, log=log)  # before any weights load: fail in seconds, not after a download
+    if not args.pushes_to_hub:
+        log(
+            f"Checkpoints are kept only in {output_dir} (no training.hub_model_id): copy them off "
+            "(`ta runpod download`) before you terminate the machine."
+        )
     set_seed(args.seed)
     accelerator = make_accelerator(cfg)
     model = build_model(cfg.model)

@@ -1,6 +1,6 @@
 """The training loop: accumulate, clip, skip non-finite updates, log, evaluate, checkpoint, stop cleanly.
 
-Built on accelerate (device placement, mixed precision, DDP) rather than HF Trainer so that a
+Built on accelerate (device placement, DDP, trackers) rather than HF Trainer so that a
 checkpoint holds only trainable weights, is written atomically, and restores the exact data
 position of a streaming dataset instead of replaying it.
 """
@@ -32,6 +32,15 @@ from tiny_audio.training.progress import StepTimer, progress_line
 MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
 
 
+def bf16_autocast(cfg: Config, device: torch.device) -> torch.autocast:
+    """bf16 autocast when asked for and worth it: on a GPU, or on a CPU already holding bf16 weights.
+
+    Used instead of accelerate's mixed-precision setting, which is fixed once per process.
+    """
+    enabled = cfg.training.bf16 and (device.type == "cuda" or cfg.model.dtype == "bfloat16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -44,6 +53,7 @@ class TrainState:
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
     best_eval_loss: float | None = None
+    best_step: int | None = None
     best_checkpoint: str | None = None
     history: dict[str, list[float]] = field(default_factory=lambda: {"train_loss": [], "eval_loss": []})
 
@@ -166,9 +176,13 @@ class Trainer:
                 self._log_progress(window, grad_norm, window_samples / max(elapsed, 1e-9), timer)
                 window, window_samples, window_start = [], 0, time.perf_counter()
             if step % args.eval_steps == 0 or step == args.max_steps:
-                self.evaluate()
+                try:
+                    self.evaluate()
+                except Exception:
+                    self.save()  # a failed evaluation must not cost the steps trained since the last save
+                    raise
                 timer.restart()
-            if step % args.save_steps == 0 or step == args.max_steps or self.stop_reason:
+            if self.will_save_at(step):
                 self.save()
                 timer.restart()
         self.log(self.skips.summary() if self.skips.total else "Data: no samples skipped.")
@@ -179,6 +193,10 @@ class Trainer:
             )
         else:
             self.log(f"Training complete at step {self.state.step}; checkpoints in {self.output_dir}")
+
+    def will_save_at(self, step: int) -> bool:
+        """Whether the loop saves after this step (a save step, the last step, or a stop request)."""
+        return step % self.args.save_steps == 0 or step == self.args.max_steps or self.stop_reason is not None
 
     def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float | None, float, int]:
         """One optimizer update over `gradient_accumulation_steps` micro-batches."""
@@ -192,7 +210,7 @@ class Trainer:
             inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
             sync = micro == accumulation - 1
             with self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext():
-                with self.accelerator.autocast():
+                with bf16_autocast(self.cfg, self.accelerator.device):
                     output = self.model(**inputs)
                 self.accelerator.backward(output.loss / accumulation)
             total += float(output.loss.detach())
@@ -265,7 +283,7 @@ class Trainer:
         total, tokens = 0.0, 0
         for batch in self.eval_loader_factory():
             inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
-            with self.accelerator.autocast():
+            with bf16_autocast(self.cfg, self.accelerator.device):
                 output = self.model(**inputs)
             total += float(output.lm_loss) * output.num_target_tokens
             tokens += output.num_target_tokens
@@ -285,6 +303,9 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return None
         model = self.accelerator.unwrap_model(self.model)
+        if self.state.best_step == self.state.step:
+            # Recorded before the state is written, so the checkpoint itself knows it is the best.
+            self.state.best_checkpoint = str(self.output_dir / f"checkpoint-{self.state.step}")
         trainer_state = {
             "step": self.state.step,
             "max_steps": self.args.max_steps,
