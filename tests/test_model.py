@@ -193,3 +193,12 @@ def test_generate_returns_text_for_each_clip(tiny_model_config) -> None:
         batch["input_features"], batch["encoder_lengths"], batch["input_ids"], batch["attention_mask"], max_new_tokens=5
     )
     assert new_tokens.shape[0] == 3 and new_tokens.shape[1] <= 5
+
+
+def test_a_clips_audio_token_count_does_not_depend_on_its_batch(tiny_model_config) -> None:
+    model = build_model(tiny_model_config(encoder_padding="longest"))
+    collate = collator_for(model, 16000)
+    odd = {"audio": tone(16001 / 16000), "text": "odd length"}  # one sample past a whole hop
+    alone = collate([odd])["encoder_lengths"]
+    batched = collate([odd, {"audio": tone(2.0), "text": "longer"}])["encoder_lengths"][:1]
+    assert alone.tolist() == batched.tolist() == [50]

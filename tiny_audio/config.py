@@ -105,9 +105,11 @@ class ModelConfig:
     projector_trainable: bool = True
     # Weights of the frozen encoder and decoder; the projector always keeps float32 master weights.
     dtype: str = "bfloat16"
-    # "longest" pads each batch to its longest clip (GLM-ASR's rotary encoder allows it);
-    # "max_length" pads every clip to 30 s, which Whisper's learned positions require.
-    encoder_padding: str = "longest"
+    # "max_length" pads every clip to 30 s, as GLM-ASR's own processor does and Whisper requires;
+    # training and inference then encode a clip identically. "longest" pads each batch only to its
+    # longest clip (GLM-ASR's rotary encoder allows it): ~4x faster steps on 2-7 s clips, but the
+    # mask-free encoder then sees a clip differently with its batch mates, and unlike pretraining.
+    encoder_padding: str = "max_length"
     attn_implementation: str = "sdpa"
     lora: LoraConfig = field(default_factory=LoraConfig)
     mosa: MosaConfig = field(default_factory=MosaConfig)

@@ -80,10 +80,12 @@ class SpeechCollator:
             return_attention_mask=True,
             padding="max_length" if self.pad_to_max_length else "longest",
         )
-        return {
-            "input_features": extracted["input_features"],
-            "mel_lengths": extracted["attention_mask"].sum(dim=-1),
-        }
+        features = extracted["input_features"]
+        # From each clip's own length, not the extractor's mask: the mask rounds a padded clip's
+        # last partial hop up and an unpadded one's down, so a clip's length would depend on its batch.
+        hop = self.feature_extractor.hop_length
+        mel_lengths = torch.tensor([len(a) // hop for a in audio]).clamp(min=1, max=features.shape[-1])
+        return {"input_features": features, "mel_lengths": mel_lengths}
 
     @staticmethod
     def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[Tensor, Tensor]:
