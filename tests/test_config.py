@@ -90,7 +90,7 @@ def test_train_script_prints_one_line_and_exits_non_zero() -> None:
         timeout=120,
     )
     assert result.returncode == 2
-    assert result.stdout.strip() == (
+    assert result.stderr.strip() == (
         "config error: unknown config key 'training.lerning_rate': did you mean 'training.learning_rate'?"
     )
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

@@ -44,7 +44,7 @@ def test_bad_samples_are_skipped_counted_and_training_completes(tiny_run_config,
     from tiny_audio.data.skips import SkipLedger
 
     ledger = SkipLedger()
-    ledger.load_state_dict(saved["skips"])
+    ledger.load_state_dict(saved["ranks"][0]["skips"])
     assert ledger.counts() == expected
     assert any(line.startswith("skipped ") for line in lines)
 

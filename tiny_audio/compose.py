@@ -20,13 +20,20 @@ def experiment_name(overrides: list[str]) -> str:
     return "default"
 
 
-def load_config(overrides: list[str], config_dir: Path = CONFIG_DIR) -> Config:
+def find_config_dir() -> Path:
+    """The configs/ of the project being run: the working directory's, else the one beside this package."""
+    local = Path.cwd() / "configs"
+    return local if (local / "config.yaml").is_file() else CONFIG_DIR
+
+
+def load_config(overrides: list[str], config_dir: Path | None = None) -> Config:
     """Compose configs/config.yaml with `overrides` and validate it; raises ConfigError."""
+    config_dir = config_dir or find_config_dir()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base=None):
             raw = compose(config_name="config", overrides=list(overrides))
     except HydraException as error:
-        raise ConfigError(_describe_hydra_error(error)) from None
+        raise ConfigError(_describe_hydra_error(error, config_dir)) from None
     name = experiment_name(overrides)
     OmegaConf.set_struct(raw, False)
     raw.experiment = name
@@ -36,9 +43,11 @@ def load_config(overrides: list[str], config_dir: Path = CONFIG_DIR) -> Config:
     return config
 
 
-def _describe_hydra_error(error: HydraException) -> str:
+def _describe_hydra_error(error: HydraException, config_dir: Path) -> str:
     text = str(error)
     missing = re.search(r"Could not override '([^']+)'", text)
+    if missing and missing.group(1) == "experiments":
+        return "choose an experiment with a leading '+': +experiments=NAME (e.g. +experiments=mlp)"
     if missing:
         key = missing.group(1)
         close = suggest_key(key)
@@ -47,6 +56,6 @@ def _describe_hydra_error(error: HydraException) -> str:
     option = re.search(r"Could not find '([^']+)'", text)
     if option:
         group = option.group(1).split("/")[0]
-        available = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        available = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
         return f"no config '{option.group(1)}' in configs/: choose one of {', '.join(available)}"
     return " ".join(text.split())

@@ -71,14 +71,27 @@ class SkipLedger:
 
     def summary(self) -> str:
         """One line, e.g. 'skipped 7 samples: empty_audio 3, unreadable_audio 2, empty_text 2'."""
-        if not self.total:
-            return "skipped 0 samples"
-        parts = ", ".join(f"{reason} {count}" for reason, count in self.counts().items())
-        plural = "" if self.total == 1 else "s"
-        return f"skipped {self.total} sample{plural}: {parts}"
+        return summarize(self.counts())
 
     def state_dict(self) -> dict[str, list[str]]:
         return {reason: sorted(ids) for reason, ids in self._ids.items()}
 
     def load_state_dict(self, state: dict[str, list[str]]) -> None:
         self._ids = {reason: set(ids) for reason, ids in state.items()}
+
+
+def add_counts(per_rank: list[dict[str, int]]) -> dict[str, int]:
+    """Counts from several ranks (disjoint shards), most frequent first."""
+    total: dict[str, int] = {}
+    for counts in per_rank:
+        for reason, count in counts.items():
+            total[reason] = total.get(reason, 0) + count
+    return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
+
+
+def summarize(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    if not total:
+        return "skipped 0 samples"
+    parts = ", ".join(f"{reason} {count}" for reason, count in counts.items())
+    return f"skipped {total} sample{'' if total == 1 else 's'}: {parts}"

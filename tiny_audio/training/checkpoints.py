@@ -18,9 +18,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from tiny_audio.config import ModelConfig
+from tiny_audio.model.build import read_model_config
+
 STATE_FILE = "trainer_state.json"
 TRAINING_STATE_FILE = "training_state.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# Settings that shape the projector's weights; a checkpoint only loads into the same ones.
+PROJECTOR_SETTINGS = ("projector_type", "projector_pool_stride", "projector_hidden_dim")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that cannot continue into this run's configuration."""
+
+
+def check_compatible(checkpoint: Path, wanted: ModelConfig) -> None:
+    """Fail in one line, before any tensor is copied, when the saved projector differs from the config."""
+    saved = read_model_config(checkpoint)
+    keys = [*PROJECTOR_SETTINGS]
+    if wanted.projector_type in ("mosa", "moe", "qformer"):
+        keys.append(wanted.projector_type)
+    differ = [k for k in keys if getattr(saved, k) != getattr(wanted, k)]
+    if differ:
+        found = ", ".join(f"model.{k}={getattr(saved, k)!r} (config: {getattr(wanted, k)!r})" for k in differ)
+        raise CheckpointMismatchError(
+            f"{checkpoint} holds a different projector: {found}; set the same values (e.g. in your stage-2 "
+            "experiment file) to continue from it"
+        )
 
 
 def is_complete(directory: Path) -> bool:

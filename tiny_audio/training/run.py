@@ -10,7 +10,7 @@ from typing import Any
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -24,6 +24,7 @@ from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
+from tiny_audio.training.checkpoints import CheckpointMismatchError
 from tiny_audio.training.operations import operations_callbacks
 from tiny_audio.training.preflight import PreflightError, require_memory_fits, require_preflight
 from tiny_audio.training.terminal import TerminalProgress
@@ -41,23 +42,31 @@ def describe_parameters(model: SpeechLLM) -> str:
 
 def make_accelerator(cfg: Config) -> Accelerator:
     tracker = None if cfg.training.report_to == "none" else cfg.training.report_to
+    # A routed expert that no token chose in a step gets no gradient; DDP must be told to expect that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.model.projector_type == "moe")
     # Mixed precision is the trainer's own bf16 autocast (see bf16_autocast), not accelerate's.
-    return Accelerator(log_with=tracker, project_dir=cfg.training.output_dir)
+    return Accelerator(log_with=tracker, project_dir=cfg.training.output_dir, kwargs_handlers=[ddp])
 
 
 def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> TrainState:
     args = cfg.training
     output_dir = Path(args.output_dir or "outputs")
+    accelerator = make_accelerator(cfg)
+    if not accelerator.is_main_process:
+        log = _quiet  # one voice on the console: the main process speaks for all ranks
+    # Checked before anything loads: a wrong path should cost seconds, not a model download.
+    resume_from = (
+        checkpoints.resolve_resume(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
+    )
     require_tracker(args.report_to)
     if args.preflight:
-        require_preflight(cfg, log=log)  # before any weights load: fail in seconds, not after a download
+        require_preflight(cfg, log=log)
     if not args.pushes_to_hub:
         log(
             f"Checkpoints are kept only in {output_dir} (no training.hub_model_id): copy them off "
             "(`ta runpod download`) before you terminate the machine."
         )
     set_seed(args.seed)
-    accelerator = make_accelerator(cfg)
     model = build_model(cfg.model)
     log(describe_parameters(model))
     if args.preflight and torch.cuda.is_available():
@@ -73,7 +82,12 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
     eval_stream = build_eval_stream(cfg.data, rank=rank, world_size=world)
 
     def eval_loader() -> DataLoader:
-        return DataLoader(eval_stream, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+        return DataLoader(
+            eval_stream,
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=collator,
+            num_workers=cfg.data.num_workers,
+        )
 
     model = accelerator.prepare(model)
     # WER first: the tracker callback tables the predictions it adds.
@@ -84,9 +98,9 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         callbacks.append(bar)
         log = bar.log
     trainer = Trainer(cfg, model, accelerator, train_loader, eval_loader, callbacks, log=log)
-    if args.resume_from_checkpoint:
-        trainer.resume(checkpoints.resolve_resume(args.resume_from_checkpoint, output_dir))
-    if accelerator.trackers or args.report_to != "none":
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    if args.report_to != "none":
         accelerator.init_trackers(
             "tiny-audio",
             config=_flat_config(cfg),
@@ -96,6 +110,10 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         return trainer.fit()
     finally:
         accelerator.end_training()
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _flat_config(cfg: Config) -> dict[str, Any]:
@@ -119,6 +137,14 @@ def _tracker_kwargs(cfg: Config, output_dir: Path) -> dict[str, Any]:
     return {"wandb": {"name": name, "dir": str(output_dir)}} if cfg.training.report_to == "wandb" else {}
 
 
+USAGE = """usage: python scripts/train.py +experiments=NAME [key=value ...]   (or: ta train ...)
+
+  +experiments=NAME   one of configs/experiments/*.yaml, e.g. mlp, mlp_lora, mlp_fine_tune, tiny
+  key=value           any config key, e.g. training.max_steps=10 training.learning_rate=1e-4
+                      training.resume_from_checkpoint=latest
+"""
+
+
 def main(overrides: list[str]) -> int:
     """Entry point shared by scripts/train.py and `ta train`: one-line errors, no traceback wall."""
     from transformers.utils import logging as transformers_logging
@@ -126,6 +152,9 @@ def main(overrides: list[str]) -> int:
     from tiny_audio.compose import load_config
     from tiny_audio.config import ConfigError
 
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(USAGE, end="")
+        return 0
     # Per-shard and per-split progress bars drown the training log, in tmux captures above all.
     transformers_logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -134,7 +163,7 @@ def main(overrides: list[str]) -> int:
     try:
         cfg = load_config(overrides)
     except ConfigError as error:
-        print(f"config error: {error}")
+        print(f"config error: {error}", file=sys.stderr)
         return 2
     try:
         run(cfg)
@@ -145,7 +174,11 @@ def main(overrides: list[str]) -> int:
         FileNotFoundError,
         TrackerLoginError,
         PreflightError,
+        CheckpointMismatchError,
     ) as error:
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("Interrupted twice: exited without saving; the last saved checkpoint is intact.", file=sys.stderr)
+        return 130
     return 0

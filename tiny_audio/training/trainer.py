@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import send_to_device
+from accelerate.utils import gather_object, send_to_device
 from transformers import get_scheduler
 
 from tiny_audio.config import Config
-from tiny_audio.data.skips import SkipLedger
+from tiny_audio.data.skips import SkipLedger, add_counts, summarize
 from tiny_audio.model.build import load_weights, save_pretrained
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
@@ -115,28 +115,42 @@ class Trainer:
     def resume(self, checkpoint: Path) -> None:
         """Same stage: restore everything. Another stage: take its weights, start a fresh optimizer."""
         saved = checkpoints.read_trainer_state(checkpoint)
+        model = self.accelerator.unwrap_model(self.model)
+        checkpoints.check_compatible(checkpoint, self.cfg.model)
         if saved.get("trainable") == self.trainable_components():
-            load_weights(self.model, checkpoint)
+            self._check_same_layout(checkpoint, saved)
+            load_weights(model, checkpoint)
             state = checkpoints.load_training_state(checkpoint)
+            rank_state = state["ranks"][self.accelerator.process_index]
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.train_loader.load_state_dict(state["dataloader"])
-            self.skips.load_state_dict(state["skips"])
+            self.train_loader.load_state_dict(rank_state["dataloader"])
+            self.skips.load_state_dict(rank_state["skips"])
             self.state = TrainState(**state["train_state"])
             for callback in self.callbacks:
                 if type(callback).__name__ in state["callbacks"]:
                     callback.load_state_dict(state["callbacks"][type(callback).__name__])
-            checkpoints.set_rng_state(state["rng"])
+            checkpoints.set_rng_state(rank_state["rng"])
             self.log(
                 f"Resumed from {checkpoint} at step {self.state.step}: weights, optimizer, data position restored."
             )
             return
-        loaded = load_weights(self.model, checkpoint, lora=self.cfg.model.lora.enabled)
+        loaded = load_weights(model, checkpoint, lora=self.cfg.model.lora.enabled)
         self.log(
             f"Starting a new stage from {checkpoint} (step {saved.get('step')}): loaded {', '.join(loaded)} weights; "
             f"now training {', '.join(k for k, v in self.trainable_components().items() if v)} "
             "with a fresh optimizer and schedule."
         )
+
+    def _check_same_layout(self, checkpoint: Path, saved: dict[str, Any]) -> None:
+        """The data position of each loader worker on each rank only fits the same layout."""
+        layout = {"processes": self.accelerator.num_processes, "data.num_workers": self.cfg.data.num_workers}
+        before = saved.get("layout", layout)
+        if before != layout:
+            raise checkpoints.CheckpointMismatchError(
+                f"{checkpoint} was saved with {before} but this run has {layout}; resume with the same "
+                "number of processes and data.num_workers (the data position is kept per worker)"
+            )
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -161,7 +175,7 @@ class Trainer:
         timer = StepTimer()
         window: list[float] = []
         window_samples, window_start = 0, time.perf_counter()
-        while self.state.step < args.max_steps and self.stop_reason is None:
+        while self.state.step < args.max_steps and not self._any_rank_stopping():
             loss, grad_norm, samples = self._train_step(batches)
             self.state.step += 1
             timer.tick()
@@ -185,7 +199,8 @@ class Trainer:
             if self.will_save_at(step):
                 self.save()
                 timer.restart()
-        self.log(self.skips.summary() if self.skips.total else "Data: no samples skipped.")
+        skipped = add_counts(self._from_all_ranks(self.skips.counts()))
+        self.log(summarize(skipped) if skipped else "Data: no samples skipped.")
         if self.stop_reason:
             self.log(
                 f"Stopped at step {self.state.step} ({self.stop_reason}). Resume with: "
@@ -266,9 +281,10 @@ class Trainer:
         if self._aux_window:
             metrics["train/aux_loss"] = sum(self._aux_window) / len(self._aux_window)
             self._aux_window = []
-        metrics.update({f"data/skipped_{reason}": float(n) for reason, n in self.skips.counts().items()})
-        if self.skips.total:
-            self.log(self.skips.summary())
+        skipped = add_counts(self._from_all_ranks(self.skips.counts()))
+        metrics.update({f"data/skipped_{reason}": float(n) for reason, n in skipped.items()})
+        if skipped:
+            self.log(summarize(skipped))
         self.accelerator.log(metrics, step=step)
         for callback in self.callbacks:
             callback.on_log(self, metrics)
@@ -288,6 +304,11 @@ class Trainer:
             total += float(output.lm_loss) * output.num_target_tokens
             tokens += output.num_target_tokens
         self.model.train()
+        # Each rank read its own share of the eval split: the loss is over all of them.
+        sums = torch.tensor([total, float(tokens)], dtype=torch.float64, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        total, tokens = float(sums[0]), int(sums[1])
         metrics: dict[str, Any] = {"eval/loss": total / tokens if tokens else float("nan")}
         self.state.history["eval_loss"].append(metrics["eval/loss"])
         for callback in self.callbacks:
@@ -300,6 +321,13 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------
 
     def save(self) -> Path | None:
+        # Every rank has its own data position and random state; all of them go into the checkpoint.
+        rank_state = {
+            "dataloader": self.train_loader.state_dict(),
+            "skips": self.skips.state_dict(),
+            "rng": checkpoints.rng_state(),
+        }
+        ranks = self._from_all_ranks(rank_state)
         if not self.accelerator.is_main_process:
             return None
         model = self.accelerator.unwrap_model(self.model)
@@ -313,14 +341,13 @@ class Trainer:
             "trainable": self.trainable_components(),
             "train_loss": self.state.history["train_loss"][-1:] or None,
             "eval_loss": self.state.history["eval_loss"][-1:] or None,
+            "layout": {"processes": self.accelerator.num_processes, "data.num_workers": self.cfg.data.num_workers},
         }
         training_state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "dataloader": self.train_loader.state_dict(),
-            "skips": self.skips.state_dict(),
+            "ranks": ranks,
             "train_state": asdict(self.state),
-            "rng": checkpoints.rng_state(),
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
         }
         path = checkpoints.write_checkpoint(
@@ -332,6 +359,23 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_save(self, path)
         return path
+
+    # --- several processes -----------------------------------------------------------------
+
+    def _from_all_ranks(self, value: Any) -> list[Any]:
+        """`value` from every rank, in rank order (a collective: every rank must call it)."""
+        if self.accelerator.num_processes == 1:
+            return [value]
+        return gather_object([value])
+
+    def _any_rank_stopping(self) -> bool:
+        """A signal reaches ranks at different moments; stopping together avoids a hung all-reduce."""
+        if self.accelerator.num_processes == 1:
+            return self.stop_reason is not None
+        flag = torch.tensor([1.0 if self.stop_reason else 0.0], device=self.accelerator.device)
+        if float(self.accelerator.reduce(flag, reduction="sum")) > 0:
+            self.request_stop("another process is stopping")
+        return self.stop_reason is not None
 
     # --- signals ---------------------------------------------------------------------------
 
