@@ -59,8 +59,10 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         checkpoints.resolve_resume(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
     )
     require_tracker(args.report_to)
-    if args.preflight:
+    if args.preflight and accelerator.is_main_process:
+        # Once per machine: the checks write probe files and may create the Hub repo.
         require_preflight(cfg, log=log)
+    accelerator.wait_for_everyone()
     if not args.pushes_to_hub:
         log(
             f"Checkpoints are kept only in {output_dir} (no training.hub_model_id): copy them off "
@@ -110,6 +112,9 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         return trainer.fit()
     finally:
         accelerator.end_training()
+        if torch.distributed.is_initialized():
+            # Left to interpreter exit, the process group's teardown can hang a finished run.
+            torch.distributed.destroy_process_group()
 
 
 def _quiet(_: str) -> None:
