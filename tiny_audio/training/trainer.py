@@ -164,6 +164,7 @@ class Trainer:
             status = "interrupted" if self.stop_reason else "completed"
         finally:
             self._restore_signal_handlers()
+            _stop_loader_workers(self.train_loader)
             for callback in self.callbacks:
                 callback.on_train_end(self, status)
         return self.state
@@ -403,3 +404,16 @@ class Trainer:
             raise KeyboardInterrupt(f"second {name}: exiting without saving")
         self.log(f"{name} received: finishing this step, saving a checkpoint, then exiting (again to quit at once).")
         self.request_stop(name)
+
+
+def _stop_loader_workers(loader: Any) -> None:
+    """Shut the train loader's workers down now rather than at interpreter exit.
+
+    A StatefulDataLoader keeps its iterator (for state_dict) and so its workers alive; torn down
+    in arbitrary order at exit, a worker blocked on its queue can hang a finished run.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if iterator is not None:
+        loader._iterator = None
