@@ -156,10 +156,14 @@ def test_terminal_lines_keep_a_redrawn_progress_bar_only_in_its_last_state() -> 
     assert parsing.terminal_lines("Step 1/6\r\nbar 3/6") == ["Step 1/6", "bar 3/6"]  # a live bar shows as is
 
 
-def test_latest_checkpoint_is_the_highest_step() -> None:
-    paths = ["/w/outputs/a/checkpoint-900", "/w/outputs/b/checkpoint-1000", "/w/outputs/a/checkpoint-100"]
-    assert parsing.latest_checkpoint(paths) == "/w/outputs/b/checkpoint-1000"
-    assert parsing.latest_checkpoint(["/w/outputs/a/checkpoint-final"]) is None
+def test_latest_checkpoint_is_the_most_recently_completed() -> None:
+    lines = [
+        "1700000100 /w/outputs/mlp/checkpoint-20000",
+        "1700000900 /w/outputs/mlp_lora/checkpoint-500",  # stage 2 restarted at step 0, later in time
+        "1700000900 /w/outputs/mlp_lora/checkpoint-400",
+    ]
+    assert parsing.latest_checkpoint(lines) == "/w/outputs/mlp_lora/checkpoint-500"
+    assert parsing.latest_checkpoint(["1700000000 /w/outputs/a/checkpoint-final"]) is None
     assert parsing.latest_checkpoint([]) is None
 
 
@@ -171,7 +175,8 @@ def test_checkpoint_listing_skips_incomplete_and_hidden_dirs(tmp_path: Path) -> 
         if complete:
             (run / name / "trainer_state.json").write_text("{}")
     listed = bash(commands.checkpoints_script(pod)).stdout.splitlines()
-    assert listed == [str(run / "checkpoint-5")]
+    mtime = int((run / "checkpoint-5" / "trainer_state.json").stat().st_mtime)
+    assert listed == [f"{mtime} {run / 'checkpoint-5'}"]
     assert bash(commands.checkpoints_script(pod, "outputs/mlp")).stdout.splitlines() == listed
     assert bash(commands.checkpoints_script(pod, "outputs/none")).stdout == ""
 

@@ -292,7 +292,8 @@ def checkpoints_script(pod: Pod, run_dir: str | None = None) -> str:
     else:
         base = run_dir if run_dir.startswith("/") else f"{pod.project}/{run_dir}"
         pattern = f"{shlex.quote(base.rstrip('/'))}/checkpoint-*/trainer_state.json"
-    return f'for f in {pattern}; do [ -f "$f" ] && echo "${{f%/trainer_state.json}}"; done; true\n'
+    # trainer_state.json is written last, so its time is when the checkpoint became complete.
+    return f'for f in {pattern}; do [ -f "$f" ] && echo "$(stat -c %Y "$f") ${{f%/trainer_state.json}}"; done; true\n'
 
 
 SECTION = "@@ta-section:{}@@"

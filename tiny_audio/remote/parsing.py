@@ -83,10 +83,19 @@ def checkpoint_step(path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def latest_checkpoint(paths: list[str]) -> str | None:
-    """Highest step among complete checkpoint dirs (the remote listing already dropped incomplete ones)."""
-    steps = [(step, path) for path in paths if (step := checkpoint_step(path)) is not None]
-    return max(steps)[1] if steps else None
+def latest_checkpoint(lines: list[str]) -> str | None:
+    """The most recently completed checkpoint among "MTIME PATH" lines (see checkpoints_script).
+
+    By time, not step: a new stage restarts at step 0, so its checkpoint-500 is newer than the
+    previous stage's checkpoint-20000. The step breaks ties within one second.
+    """
+    found = []
+    for line in lines:
+        mtime, _, path = line.strip().partition(" ")
+        step = checkpoint_step(path)
+        if step is not None and mtime.isdigit():
+            found.append((int(mtime), step, path))
+    return max(found)[2] if found else None
 
 
 def rsync_summary(stats: str) -> str:
