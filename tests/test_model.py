@@ -202,3 +202,18 @@ def test_a_clips_audio_token_count_does_not_depend_on_its_batch(tiny_model_confi
     alone = collate([odd])["encoder_lengths"]
     batched = collate([odd, {"audio": tone(2.0), "text": "longer"}])["encoder_lengths"][:1]
     assert alone.tolist() == batched.tolist() == [50]
+
+
+def test_vocabulary_logits_are_computed_only_at_label_positions(tiny_model_config) -> None:
+    model = build_model(tiny_model_config())
+    batch = collator_for(model, 16000)(SAMPLES)
+    rows_seen: list[int] = []
+    head = model.causal_lm.get_output_embeddings()
+    hook = head.register_forward_hook(lambda _module, args, _out: rows_seen.append(args[0].shape[0]))
+    try:
+        model(**inputs(batch))
+    finally:
+        hook.remove()
+    targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert rows_seen == [targets]  # one LM-head call, one row per target token, none for audio or prompt
+    assert targets < batch["input_ids"].numel() / 4

@@ -88,8 +88,11 @@ def read_model_config(directory: Path) -> ModelConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def load_pretrained(path_or_id: str, **overrides: object) -> SpeechLLM:
-    """Load a saved model (a directory, a checkpoint directory or a hub repo id) for inference."""
+def load_pretrained(path_or_id: str, device: str | None = None, **overrides: object) -> SpeechLLM:
+    """Load a saved model (a directory, a checkpoint directory or a hub repo id) for inference.
+
+    It goes to `device`, by default the GPU when there is one: `ta eval` on a pod should not decode on its CPU.
+    """
     directory = Path(path_or_id)
     if not directory.is_dir():
         directory = Path(snapshot_download(path_or_id))
@@ -98,7 +101,7 @@ def load_pretrained(path_or_id: str, **overrides: object) -> SpeechLLM:
     cfg = dataclasses.replace(read_model_config(directory), **overrides)
     model = build_model(cfg)
     load_weights(model, directory)
-    return model.eval()
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 
 def parameter_counts(model: SpeechLLM) -> dict[str, tuple[int, int]]:

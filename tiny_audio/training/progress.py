@@ -19,6 +19,13 @@ def format_lr(lr: float) -> str:
     return f"{text}e{exponent}"
 
 
+def format_metric(value: float) -> str:
+    """Three significant figures, as the course prints them: 8.34, 45.2, 0.0312, 1234."""
+    if not math.isfinite(value) or abs(value) >= 1000:
+        return f"{value:.0f}" if math.isfinite(value) else str(value)
+    return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+
+
 def format_duration(seconds: float) -> str:
     if seconds >= 10 * 3600:
         return f"{seconds / 3600:.0f}hr"
@@ -66,8 +73,8 @@ def progress_line(
 ) -> str:
     parts = [
         f"Step {step}/{max_steps}",
-        f"Loss: {loss:.4f}",
-        f"Grad Norm: {grad_norm:.2f}",
+        f"Loss: {format_metric(loss)}",
+        f"Grad Norm: {format_metric(grad_norm)}",
         f"LR: {format_lr(lr)}",
         f"ETA: {format_duration(eta_seconds)}",
         f"Samples/s: {samples_per_second:.2f}",

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import signal
+import warnings
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -246,6 +247,10 @@ class Trainer:
 
     def _skip_update(self, loss: float, grad_norm: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            # The step counter advances, so the schedule does too, even before any optimizer step.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
         self.state.nonfinite_in_row += 1
         self.state.nonfinite_total += 1
         self.log(
