@@ -11,8 +11,8 @@ import contextlib
 import math
 import os
 import signal
-import warnings
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -249,7 +249,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
             # The step counter advances, so the schedule does too, even before any optimizer step.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\(\)` before")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.scheduler.step()
         self.state.nonfinite_in_row += 1
         self.state.nonfinite_total += 1
