@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tests.data_helpers import write_audiofolder
+from tests.training_helpers import StopAt
 from tiny_audio.training.health import EarlyStoppingCallback, OverfittingCallback, PlateauCallback
 from tiny_audio.training.run import run
 from tiny_audio.training.trainer import Callback, TrainState
@@ -130,12 +131,3 @@ def test_the_best_checkpoint_survives_a_resume(tiny_run_config, tmp_path: Path) 
     assert state.step == 10 and state.best_step == 4 and state.best_eval_loss == 3.0
     assert state.best_checkpoint == str(run_dir / "checkpoint-4")
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-4"]
-
-
-class StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_log(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if trainer.state.step >= self.step:
-            trainer.request_stop("test stop")

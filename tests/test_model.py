@@ -13,10 +13,9 @@ from tests.conftest import tone
 from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import build_model, load_pretrained, parameter_counts, save_pretrained
 from tiny_audio.model.encoder import load_audio_encoder, read_prefixed_tensors
-from tiny_audio.model.speech_llm import IGNORE_INDEX
+from tiny_audio.model.speech_llm import IGNORE_INDEX, MODEL_INPUTS
 from tiny_audio.prompts import PromptBuilder
 
-MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
 SAMPLES = [
     {"audio": tone(0.7, seed=1), "text": "a short one"},
     {"audio": tone(2.3, seed=2), "text": "a much longer clip of speech"},

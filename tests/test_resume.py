@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from tests.data_helpers import write_audiofolder
+from tests.training_helpers import StopAt
 from tiny_audio.config import Config, LoraConfig
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
@@ -124,15 +125,6 @@ def test_resume_continues_the_stream_without_replaying_samples(
     # 40 clips per pass: the 20 read after resuming are all new, none of the 12 replayed.
     assert len(seen) == 20
     assert not set(seen) & set(first_part)
-
-
-class StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_log(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        if trainer.state.step >= self.step:
-            trainer.request_stop("test stop")
 
 
 @pytest.mark.parametrize("interrupt", ["SIGTERM to the process", "Ctrl+C to the process group"])

@@ -20,9 +20,9 @@ import torch
 from tiny_audio.config import ModelConfig
 from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import build_model
+from tiny_audio.model.speech_llm import MODEL_INPUTS
 
 SAMPLE_RATE = 16000
-MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
 
 
 def synthetic_batches(batch_size: int, count: int, min_s: float, max_s: float, seed: int) -> list[list[dict]]:

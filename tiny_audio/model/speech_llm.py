@@ -18,6 +18,8 @@ from tiny_audio.model.encoder import AudioEncoder
 from tiny_audio.prompts import PromptBuilder
 
 IGNORE_INDEX = -100
+# The batch keys SpeechLLM.forward takes; a collated batch carries more (texts, skips, audio seconds).
+MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
 
 
 @dataclass

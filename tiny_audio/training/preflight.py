@@ -36,11 +36,11 @@ from tiny_audio.data.stream import build_eval_stream, build_train_stream
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.encoder import encoder_layout
 from tiny_audio.model.projectors import build_projector
-from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.hub import scrub_token
 from tiny_audio.training.tracking import WANDB_DEFAULT_HOST, WANDB_LOCAL_MODES, require_tracker
-from tiny_audio.training.trainer import MODEL_INPUTS, bf16_autocast
+from tiny_audio.training.trainer import bf16_autocast
 
 # fp32 weights + AdamW's two moments, per trainable parameter.
 CHECKPOINT_BYTES_PER_PARAM = 4 * 3

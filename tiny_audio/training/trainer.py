@@ -26,11 +26,9 @@ from transformers import get_scheduler
 from tiny_audio.config import Config
 from tiny_audio.data.skips import SkipLedger, add_counts, summarize
 from tiny_audio.model.build import load_weights, save_pretrained
-from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.progress import StepTimer, progress_line
-
-MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
 
 
 def bf16_autocast(cfg: Config, device: torch.device) -> torch.autocast:
