@@ -103,6 +103,9 @@ class ModelConfig:
     projector_hidden_dim: int = 1536
     # Stage 1 trains the projector; stage 2 freezes it and trains LoRA; stage 3 trains both.
     projector_trainable: bool = True
+    # An RMSNorm at the projector's output, scaled to the LLM's token-embedding RMS: projected audio
+    # then enters the LLM at the loudness of text. Off by default: see README's recipe table.
+    projector_output_norm: bool = False
     # Weights of the frozen encoder and decoder; the projector always keeps float32 master weights.
     dtype: str = "bfloat16"
     # "max_length" pads every clip to 30 s, as GLM-ASR's own processor does and Whisper requires;
@@ -231,6 +234,10 @@ class TrainingConfig:
     warmup_steps: int = 1000
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
+    # AdamW's moment decay rates and epsilon, named as in transformers' TrainingArguments.
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     save_steps: int = 1000
     save_total_limit: int = 3
@@ -280,6 +287,10 @@ class TrainingConfig:
         _require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, ">= 0")
         _require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
         _require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", self.max_grad_norm, "> 0")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, f"{prefix}.{name}", value, "in [0, 1), e.g. 0.9 or 0.999")
+        _require(self.adam_epsilon > 0, f"{prefix}.adam_epsilon", self.adam_epsilon, "> 0, e.g. 1e-8")
         _require(self.hub_push_retries >= 0, f"{prefix}.hub_push_retries", self.hub_push_retries, ">= 0")
         self.early_stopping.validate(f"{prefix}.early_stopping")
         _require(self.eval_wer_samples >= 0, f"{prefix}.eval_wer_samples", self.eval_wer_samples, ">= 0")

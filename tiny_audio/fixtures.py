@@ -15,18 +15,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
     GlmAsrConfig,
     GlmAsrForConditionalGeneration,
-    PreTrainedTokenizerFast,
     Qwen3Config,
     Qwen3ForCausalLM,
     WhisperConfig,
     WhisperFeatureExtractor,
     WhisperForConditionalGeneration,
 )
+
+from tiny_audio.tokenizer import embedding_rows, train_chatml_tokenizer
 
 SHAPES = ("tiny", "full")
 _MARKER = ".complete"
@@ -40,36 +40,7 @@ _DTYPE = {"tiny": torch.float32, "full": torch.bfloat16}
 # so encoder loading can be tested on reading only the shards it needs.
 _GLM_SHARD_SIZE = {"tiny": "200KB", "full": "1GB"}
 
-# Qwen3's pre-tokenizer regex: contractions, letters with one leading non-letter, single digits,
-# punctuation runs, newlines, spaces.
-_QWEN_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 _TINY_BPE_VOCAB = 995  # + 5 added tokens = 1000
-
-# ChatML as Qwen3 renders it: assistant turns after the last user turn open with a (here always
-# empty) think block, and `enable_thinking=false` puts the same empty block in the generation
-# prompt, so a training target and an inference prompt agree up to the transcript.
-CHAT_TEMPLATE = """\
-{%- set ns = namespace(last_user=-1) -%}
-{%- for message in messages -%}
-{%- if message.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}
-{%- endfor -%}
-{%- for message in messages -%}
-{{- '<|im_start|>' + message.role + '\\n' -}}
-{%- if message.role == 'assistant' and loop.index0 > ns.last_user -%}
-{{- '<think>\\n\\n</think>\\n\\n' -}}
-{%- endif -%}
-{{- message.content + '<|im_end|>\\n' -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-{{- '<|im_start|>assistant\\n' -}}
-{%- if enable_thinking is defined and enable_thinking is false -%}
-{{- '<think>\\n\\n</think>\\n\\n' -}}
-{%- endif -%}
-{%- endif -%}
-"""
 
 _SUBJECTS = (
     "the cat",
@@ -394,7 +365,7 @@ def _feature_extractor(n_mels: int) -> WhisperFeatureExtractor:
 
 
 def _build_qwen3(path: Path, shape: str, seed: int) -> None:
-    tokenizer = _build_tokenizer(seed)
+    tokenizer = train_chatml_tokenizer(_corpus(seed), _TINY_BPE_VOCAB)
     tokenizer.save_pretrained(path)
     pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -416,7 +387,7 @@ def _build_qwen3(path: Path, shape: str, seed: int) -> None:
             "num_key_value_heads": 2,
             "head_dim": 16,
             "intermediate_size": 128,
-            "vocab_size": _vocab_rows(len(tokenizer)),
+            "vocab_size": embedding_rows(len(tokenizer)),
         }
     )
     # Ids follow Qwen3-0.6B's config: `<|endoftext|>` is bos and pad, `<|im_end|>` ends a turn.
@@ -437,42 +408,6 @@ def _build_qwen3(path: Path, shape: str, seed: int) -> None:
     model = Qwen3ForCausalLM(config).to(_DTYPE[shape])
     model.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
     model.save_pretrained(path)
-
-
-def _vocab_rows(n_tokens: int, multiple: int = 64, spare: int = 8) -> int:
-    """Embedding rows with room for a few more special tokens (e.g. `<audio>`) without resizing,
-    as Qwen3-0.6B has 151,936 rows for its 151,669 tokens."""
-    return -(-(n_tokens + spare) // multiple) * multiple
-
-
-def _build_tokenizer(seed: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with Qwen3's pre-tokenizer and ChatML tokens, trained on a generated corpus."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=_TINY_BPE_VOCAB,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(_corpus(seed), trainer=trainer)
-    # Qwen3 numbers its added tokens after the BPE vocabulary (endoftext, im_start, im_end, ...) and
-    # keeps <think>/</think> non-special, so decoding with skip_special_tokens leaves them in.
-    bpe.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    bpe.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-        model_max_length=131_072,
-        chat_template=CHAT_TEMPLATE,
-    )
 
 
 def _corpus(seed: int, n_sentences: int = 4000) -> Iterator[str]:

@@ -21,6 +21,7 @@ from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer
 from tiny_audio.config import ModelConfig
 from tiny_audio.model.encoder import load_audio_encoder
 from tiny_audio.model.projectors import build_projector
+from tiny_audio.model.scale import token_embedding_rms
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.prompts import AUDIO_TOKEN
 
@@ -44,7 +45,8 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     llm.requires_grad_(False)
     llm_dim = llm.get_input_embeddings().embedding_dim
-    projector = build_projector(cfg, encoder.hidden_size, llm_dim)
+    embedding_rms = token_embedding_rms(llm.get_input_embeddings(), len(tokenizer) - 1)  # all but `<audio>`
+    projector = build_projector(cfg, encoder.hidden_size, llm_dim, embedding_rms)
     projector.requires_grad_(cfg.projector_trainable)
     if cfg.lora.enabled:
         lora = PeftLoraConfig(

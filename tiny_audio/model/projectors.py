@@ -180,9 +180,28 @@ PROJECTORS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_projector(cfg: ModelConfig, encoder_dim: int, llm_dim: int) -> nn.Module:
+class OutputNormProjector(nn.Module):
+    """A projector followed by an RMSNorm whose gain starts at the LLM's token-embedding RMS."""
+
+    def __init__(self, projector: nn.Module, llm_dim: int, embedding_rms: float) -> None:
+        super().__init__()
+        self.projector = projector
+        self.norm = nn.RMSNorm(llm_dim, eps=1e-6)
+        nn.init.constant_(self.norm.weight, embedding_rms)
+
+    def output_lengths(self, encoder_lengths: Tensor) -> Tensor:
+        return self.projector.output_lengths(encoder_lengths)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        projected, aux_loss = self.projector(x, lengths)
+        return self.norm(projected), aux_loss
+
+
+def build_projector(cfg: ModelConfig, encoder_dim: int, llm_dim: int, embedding_rms: float = 1.0) -> nn.Module:
+    """The configured projector; with `cfg.projector_output_norm`, its output normalised to `embedding_rms`."""
     try:
         projector_class = PROJECTORS[cfg.projector_type]
     except KeyError:
         raise ValueError(f"unknown projector '{cfg.projector_type}'; choose one of {', '.join(PROJECTORS)}") from None
-    return projector_class(encoder_dim, llm_dim, cfg)
+    projector = projector_class(encoder_dim, llm_dim, cfg)
+    return OutputNormProjector(projector, llm_dim, embedding_rms) if cfg.projector_output_norm else projector

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tiny_audio.config import Config
 from tiny_audio.training.health import EarlyStoppingCallback, OverfittingCallback, PlateauCallback
 from tiny_audio.training.hub import HubPushCallback
+from tiny_audio.training.metrics_file import MetricsFileCallback
 from tiny_audio.training.tracking import TrackerCallback
 from tiny_audio.training.trainer import Callback
 
@@ -15,6 +16,7 @@ def operations_callbacks(cfg: Config) -> list[Callback]:
     patience = args.early_stopping.patience
     callbacks: list[Callback] = [
         TrackerCallback(args.report_to),
+        MetricsFileCallback(),
         PlateauCallback(args.plateau_window, args.warmup_steps),
         OverfittingCallback(early_stopping_enabled=patience is not None),
     ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable, Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from tiny_audio.data.sources import DataSourceError
 from tiny_audio.data.stream import build_eval_stream, build_train_stream
 from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.model.build import build_model, parameter_counts
+from tiny_audio.model.scale import projector_scale_ratio
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.checkpoints import CheckpointMismatchError
@@ -38,6 +41,17 @@ def describe_parameters(model: SpeechLLM) -> str:
         for name, (trainable, total) in parameter_counts(model).items()
     ]
     return "Parameters:\n" + "\n".join(rows)
+
+
+def describe_projector_scale(model: SpeechLLM, collator: Callable, stream: Iterable, batch_size: int) -> str:
+    samples = list(islice(stream, batch_size))
+    if not samples:
+        return "Projector output scale: not measured (no eval samples)."
+    ratio = projector_scale_ratio(model, collator(samples))
+    return (
+        f"Projector output RMS at step 0 is {ratio:.3g}x the LLM's token-embedding RMS "
+        "(1 = as loud as text; model.projector_output_norm=true makes it 1)."
+    )
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -91,6 +105,8 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
             num_workers=cfg.data.num_workers,
         )
 
+    if resume_from is None:
+        log(describe_projector_scale(model, collator, eval_stream, args.per_device_eval_batch_size))
     model = accelerator.prepare(model)
     # WER first: the tracker callback tables the predictions it adds.
     callbacks = [WerCallback(), *(callbacks or []), *operations_callbacks(cfg)]

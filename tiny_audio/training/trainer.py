@@ -93,7 +93,13 @@ class Trainer:
         self.callbacks = callbacks
         self.log = log
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=self.args.learning_rate,
+            betas=(self.args.adam_beta1, self.args.adam_beta2),
+            eps=self.args.adam_epsilon,
+            weight_decay=self.args.weight_decay,
+        )
         self.scheduler = get_scheduler(
             self.args.lr_scheduler_type,
             self.optimizer,

@@ -1,0 +1,194 @@
+"""A miniature GLM-ASR encoder, pretrained with a CTC character head that is then thrown away.
+
+Same layout as GLM-ASR-Nano-2512's audio tower (128 mels, conv k3/s1 then k3/s2, rotary
+transformer layers, no attention mask), only narrower and shallower. CTC on characters is the
+simplest objective that makes its frames carry what was said; the head is not saved, so the
+checkpoint holds an encoder that knows speech but was never taught to talk to an LLM, which is
+the position of the real encoder when a projector starts training.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import (
+    GlmAsrConfig,
+    GlmAsrForConditionalGeneration,
+    WhisperFeatureExtractor,
+    get_cosine_schedule_with_warmup,
+)
+from transformers.models.glmasr.modeling_glmasr import GlmAsrEncoder
+
+from tiny_audio.model.encoder import AudioEncoder
+
+CTC_ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # index 0 is the CTC blank, so characters start at 1
+_NOT_IN_ALPHABET = re.compile(r"[^a-z' ]")
+
+
+@dataclass(frozen=True)
+class EncoderRecipe:
+    hidden_size: int = 144
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 576
+    steps: int = 700
+    batch_size: int = 24
+    learning_rate: float = 2e-3
+    warmup_steps: int = 60
+
+
+def feature_extractor() -> WhisperFeatureExtractor:
+    """GLM-ASR's processor: Whisper's log-mel front end with 128 bins, 10 ms hop, 30 s window."""
+    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30)
+
+
+def build_encoder(recipe: EncoderRecipe, seed: int) -> GlmAsrEncoder:
+    torch.manual_seed(seed)
+    return GlmAsrEncoder(_audio_config(recipe))
+
+
+def ctc_targets(text: str) -> list[int]:
+    """Characters the CTC head predicts: lower-case letters, apostrophe and single spaces."""
+    plain = " ".join(_NOT_IN_ALPHABET.sub(" ", text.lower()).split())
+    return [CTC_ALPHABET.index(c) + 1 for c in plain]
+
+
+def ctc_decode(log_probs: Tensor) -> str:
+    """Greedy CTC: best class per frame, repeats merged, blanks removed."""
+    best = log_probs.argmax(-1).tolist()
+    chars = [CTC_ALPHABET[i - 1] for j, i in enumerate(best) if i != 0 and (j == 0 or best[j - 1] != i)]
+    return "".join(chars).strip()
+
+
+class FeatureBatches:
+    """Length-sorted batches of mel features, extracted once as the speech model's collator would."""
+
+    def __init__(self, audios: Sequence[np.ndarray], texts: Sequence[str], batch_size: int) -> None:
+        extractor = feature_extractor()
+        order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
+        self.batches: list[dict[str, Tensor]] = []
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            clips = [audios[i] for i in indices]
+            # Padding to the longest clip of a length-sorted group wastes little, and matches the
+            # collator's `longest` mode that the miniature course trains with.
+            features = extractor(clips, sampling_rate=16000, return_tensors="pt", padding="longest")["input_features"]
+            mel_lengths = torch.tensor([len(c) // extractor.hop_length for c in clips]).clamp(max=features.shape[-1])
+            targets = [torch.tensor(ctc_targets(texts[i])) for i in indices]
+            self.batches.append(
+                {
+                    "input_features": features,
+                    "frames": AudioEncoder.output_lengths(mel_lengths),
+                    "targets": torch.cat(targets),
+                    "target_lengths": torch.tensor([len(t) for t in targets]),
+                    "texts": [texts[i] for i in indices],
+                }
+            )
+
+
+def ctc_log_probs(encoder: GlmAsrEncoder, head: nn.Linear, input_features: Tensor) -> Tensor:
+    return head(encoder(input_features).last_hidden_state).log_softmax(-1)  # B, T, C
+
+
+def pretrain_encoder(
+    encoder: GlmAsrEncoder,
+    batches: FeatureBatches,
+    recipe: EncoderRecipe,
+    seed: int,
+    log: Callable[[str], None] = print,
+) -> nn.Linear:
+    """CTC training over shuffled length-sorted batches; returns the head (the caller drops it)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    head = nn.Linear(recipe.hidden_size, len(CTC_ALPHABET) + 1)
+    params = [*encoder.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
+    schedule = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
+    encoder.train()
+    order: list[int] = []
+    window: list[float] = []
+    log_every = max(1, recipe.steps // 10)
+    for step in range(1, recipe.steps + 1):
+        if not order:
+            order = list(range(len(batches.batches)))
+            rng.shuffle(order)
+        batch = batches.batches[order.pop()]
+        log_probs = ctc_log_probs(encoder, head, batch["input_features"])
+        loss = F.ctc_loss(
+            log_probs.transpose(0, 1),  # T, B, C as ctc_loss expects
+            batch["targets"],
+            batch["frames"],
+            batch["target_lengths"],
+            zero_infinity=True,
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        window.append(float(loss.detach()))
+        if step % log_every == 0 or step == recipe.steps:
+            log(f"  encoder step {step}/{recipe.steps} | CTC loss {sum(window) / len(window):.3f}")
+            window = []
+    encoder.eval()
+    return head
+
+
+@torch.no_grad()
+def character_error_rate(encoder: GlmAsrEncoder, head: nn.Linear, batches: FeatureBatches) -> float:
+    import jiwer
+
+    references, hypotheses = [], []
+    for batch in batches.batches:
+        log_probs = ctc_log_probs(encoder, head, batch["input_features"])
+        for row, frames, text in zip(log_probs, batch["frames"], batch["texts"], strict=True):
+            hypotheses.append(ctc_decode(row[: int(frames)]))
+            references.append("".join(CTC_ALPHABET[i - 1] for i in ctc_targets(text)))
+    return float(jiwer.cer(references, hypotheses))
+
+
+def save_encoder(encoder: GlmAsrEncoder, recipe: EncoderRecipe, path: Path) -> None:
+    """Save as a GLM-ASR checkpoint (legacy `audio_tower.*` keys) so it loads like the hub id.
+
+    The checkpoint's language model is a one-layer placeholder: the project never reads it, but
+    the real repo has one and the loading code must skip it.
+    """
+    config = GlmAsrConfig(
+        audio_config=_audio_config(recipe).to_dict(),
+        text_config={
+            "model_type": "llama",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "intermediate_size": 64,
+            "vocab_size": 256,
+        },
+        audio_token_id=255,
+    )
+    model = GlmAsrForConditionalGeneration(config)
+    model.model.audio_tower.load_state_dict(encoder.state_dict())
+    model.save_pretrained(path)
+    feature_extractor().save_pretrained(path)
+
+
+def _audio_config(recipe: EncoderRecipe):
+    from transformers import GlmAsrEncoderConfig
+
+    return GlmAsrEncoderConfig(
+        hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_heads,
+        intermediate_size=recipe.intermediate_size,
+        num_mel_bins=128,
+        max_position_embeddings=1500,
+    )

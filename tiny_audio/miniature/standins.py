@@ -1,0 +1,157 @@
+"""Build (once) the miniature stand-ins for GLM-ASR-Nano and Qwen3-0.6B, and their speech data.
+
+Everything depends only on the spec (seed and sizes): the same spec gives the same clips and
+bit-identical weights on the same machine, and is cached under a key derived from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+import torch
+from transformers import AutoTokenizer
+
+from tiny_audio.data.synth import is_held_out, make_sentence, synthesize
+from tiny_audio.miniature.cache import build_atomically
+from tiny_audio.miniature.encoder import (
+    EncoderRecipe,
+    FeatureBatches,
+    build_encoder,
+    character_error_rate,
+    pretrain_encoder,
+    save_encoder,
+)
+from tiny_audio.miniature.llm import CopyTask, LlmRecipe, build_llm, build_tokenizer, copy_accuracy, pretrain_llm
+
+VERSION = 1  # bump when the same spec would build different models
+REPORT_FILE = "pretraining.json"
+
+
+@dataclass(frozen=True)
+class MiniatureSpec:
+    seed: int = 0
+    train_clips: int = 1600
+    validation_clips: int = 100
+    new_voice_clips: int = 100
+    llm: LlmRecipe = field(default_factory=LlmRecipe)
+    encoder: EncoderRecipe = field(default_factory=EncoderRecipe)
+
+    def stamp(self) -> str:
+        return json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True)
+
+    def key(self) -> str:
+        return hashlib.sha256(self.stamp().encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class Miniature:
+    root: Path
+    speech: Path  # audiofolder: train, validation (unseen sentences), validation_new_voice (unseen voice)
+    llm: Path  # a Qwen3 checkpoint with its tokenizer
+    encoder: Path  # a GLM-ASR checkpoint with its feature extractor
+
+    def reports(self) -> dict[str, dict]:
+        return {
+            name: json.loads((path / REPORT_FILE).read_text())
+            for name, path in (("llm", self.llm), ("encoder", self.encoder))
+        }
+
+
+def build_miniature(
+    spec: MiniatureSpec, cache: Path, rebuild: bool = False, log: Callable[[str], None] = print
+) -> Miniature:
+    root = cache / f"miniature-v{VERSION}-{spec.key()}"
+    miniature = Miniature(root, root / "speech", root / "qwen3", root / "glm-asr")
+    started = time.perf_counter()
+    written = synthesize(
+        miniature.speech,
+        train=spec.train_clips,
+        validation=spec.validation_clips,
+        new_voice=spec.new_voice_clips,
+        seed=spec.seed,
+    )
+    log(f"Speech: {written} clips in {miniature.speech} ({time.perf_counter() - started:.0f} s)")
+    stamp = spec.stamp()
+    if build_atomically(miniature.llm, stamp, lambda d: _build_llm(d, spec, log), rebuild=rebuild):
+        log(f"Built the miniature Qwen3 in {miniature.llm}")
+    if build_atomically(
+        miniature.encoder, stamp, lambda d: _build_encoder(d, miniature.speech, spec, log), rebuild=rebuild
+    ):
+        log(f"Built the miniature GLM-ASR encoder in {miniature.encoder}")
+    return miniature
+
+
+def training_sentences(seed: int, draws: int = 20_000) -> list[str]:
+    """Distinct grammar sentences outside the held-out share, in a seeded order."""
+    rng = random.Random(f"llm-{seed}")
+    seen = {make_sentence(rng) for _ in range(draws)}
+    sentences = sorted(s for s in seen if not is_held_out(s))
+    rng.shuffle(sentences)
+    return sentences
+
+
+def held_out_sentences(seed: int, count: int) -> list[str]:
+    rng = random.Random(f"llm-check-{seed}")
+    found: list[str] = []
+    while len(found) < count:
+        sentence = make_sentence(rng)
+        if is_held_out(sentence) and sentence not in found:
+            found.append(sentence)
+    return found
+
+
+def _build_llm(directory: Path, spec: MiniatureSpec, log: Callable[[str], None]) -> None:
+    started = time.perf_counter()
+    sentences = training_sentences(spec.seed)
+    tokenizer = build_tokenizer(sentences, spec.llm)
+    tokenizer.save_pretrained(directory)  # before the copy task adds `<audio>`: the real one lacks it too
+    model = build_llm(tokenizer, spec.llm, spec.seed)
+    task = CopyTask(AutoTokenizer.from_pretrained(directory), spec.llm)
+    log(f"Pretraining a {_millions(model)}M-parameter Qwen3 to repeat its prompt ({spec.llm.steps} steps)")
+    losses = pretrain_llm(model, task, sentences, spec.llm, spec.seed, log=log)
+    accuracy = copy_accuracy(model, task, held_out_sentences(spec.seed, 50))
+    seconds = time.perf_counter() - started
+    log(f"  exact copies of 50 held-out sentences: {accuracy:.0%} ({seconds:.0f} s)")
+    model.save_pretrained(directory)
+    _write_report(directory, parameters=_count(model), copy_accuracy=accuracy, losses=losses, seconds=seconds)
+
+
+def _build_encoder(directory: Path, speech: Path, spec: MiniatureSpec, log: Callable[[str], None]) -> None:
+    started = time.perf_counter()
+    train = FeatureBatches(*_read_split(speech / "train"), spec.encoder.batch_size)
+    validation = FeatureBatches(*_read_split(speech / "validation"), spec.encoder.batch_size)
+    encoder = build_encoder(spec.encoder, spec.seed)
+    log(f"Pretraining a {_millions(encoder)}M-parameter GLM-ASR encoder with CTC ({spec.encoder.steps} steps)")
+    head = pretrain_encoder(encoder, train, spec.encoder, spec.seed, log=log)
+    cer = character_error_rate(encoder, head, validation)
+    seconds = time.perf_counter() - started
+    log(f"  held-out character error rate: {cer:.1%} ({seconds:.0f} s)")
+    save_encoder(encoder, spec.encoder, directory)
+    _write_report(directory, parameters=_count(encoder), validation_cer=cer, seconds=seconds)
+
+
+def _read_split(folder: Path) -> tuple[list, list[str]]:
+    with open(folder / "metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    audios = [sf.read(folder / row["file_name"], dtype="float32")[0] for row in rows]
+    return audios, [row["text"] for row in rows]
+
+
+def _write_report(directory: Path, **figures: object) -> None:
+    (directory / REPORT_FILE).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _millions(model: torch.nn.Module) -> str:
+    return f"{_count(model) / 1e6:.1f}"
