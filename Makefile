@@ -17,7 +17,7 @@ $(BIN)/ta: pyproject.toml
 
 setup: $(BIN)/ta
 
-# The embedded default: tiny random-weight models and espeak-ng speech, trained on the CPU.
+# The embedded default: tiny random-weight models and synthetic speech (espeak-ng from pip), trained on the CPU.
 demo: setup
 	$(BIN)/ta fixtures build .fixtures/tiny
 	$(BIN)/ta data synth .data/synth

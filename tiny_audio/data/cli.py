@@ -13,19 +13,32 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("synth")
 def synth(
-    out_dir: Annotated[Path, typer.Argument(help="Writes OUT_DIR/train and OUT_DIR/validation.")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Writes OUT_DIR/train, OUT_DIR/validation and OUT_DIR/validation_new_voice.")
+    ],
     train: Annotated[int, typer.Option(min=0, help="Number of training clips.")] = 400,
-    validation: Annotated[int, typer.Option(min=0, help="Number of validation clips.")] = 40,
-    seed: Annotated[int, typer.Option(help="The same seed writes the same sentences, voices and speeds.")] = 0,
+    validation: Annotated[int, typer.Option(min=0, help="Clips of held-out sentences spoken by training voices.")] = 40,
+    new_voice: Annotated[
+        int, typer.Option(min=0, help="Clips of the same held-out sentences spoken by an accent train never has.")
+    ] = 40,
+    seed: Annotated[int, typer.Option(help="The same seed writes the same sentences, voices and audio.")] = 0,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes (default: one per CPU).")] = None,
 ) -> None:
-    """Generate a small English speech dataset with espeak-ng (an audiofolder, 16 kHz mono WAV)."""
-    from tiny_audio.data.synth import SynthError, synthesize
+    """Generate a small English speech dataset with espeak-ng from pip (audiofolders, 16 kHz mono WAV)."""
+    from tiny_audio.data.synth import SynthError, is_complete, synthesize
 
     start = time.perf_counter()
+    counts = {"train": train, "validation": validation, "new_voice": new_voice, "seed": seed}
+    reused = is_complete(out_dir, **counts)
     try:
-        written = synthesize(out_dir, train=train, validation=validation, seed=seed)
+        written = synthesize(out_dir, **counts, workers=workers)
     except SynthError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
-    counts = ", ".join(f"{split} {count}" for split, count in written.items())
-    typer.echo(f"wrote {counts} clips to {out_dir} in {time.perf_counter() - start:.1f} s")
+    summary = ", ".join(f"{split} {count}" for split, count in written.items())
+    if reused:
+        typer.echo(f"reused {summary} clips in {out_dir} (written earlier with the same arguments)")
+        return
+    elapsed = time.perf_counter() - start
+    rate = sum(written.values()) / max(elapsed, 1e-9)
+    typer.echo(f"wrote {summary} clips to {out_dir} in {elapsed:.1f} s ({rate:.0f} clips/s)")

@@ -1,57 +1,69 @@
-"""Synthetic English speech with espeak-ng: a small, download-free ASR dataset for tests and demos.
+"""Synthetic English speech (espeak-ng from pip): a small, download-free ASR dataset for tests and demos.
 
-Sentences come from a template grammar below; each clip gets a voice, speed and pitch drawn from
-a seeded generator, so the same seed writes the same dataset. The output is an audiofolder:
-OUT/<split>/metadata.csv (file_name,text) beside 16 kHz mono 16-bit WAV files.
+Splits, each an audiofolder (OUT/<split>/metadata.csv with file_name,text beside 16 kHz mono
+16-bit WAV files):
+  train                 training sentences, spoken by TRAIN_VOICES
+  validation            held-out sentences (`is_held_out`), spoken by TRAIN_VOICES
+  validation_new_voice  the same held-out sentences, spoken by HELD_OUT_VOICE (an accent train never has)
+Because both validation splits speak the same sentences, the gap between their error rates is the
+cost of the unseen voice alone.
+
+Every clip's sentence, voice, rate, pitch and noise seed come from generators seeded by
+(seed, split), and clips are rendered in fixed lanes of LANE_SIZE, each on a fresh espeak-ng
+instance, so the same arguments write byte-identical files however many processes render them.
+The dataset is written to a temporary directory beside OUT and renamed when complete; a marker
+with the arguments lets the next call with the same arguments reuse it at once.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import json
 import os
 import random
 import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import signal
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from tiny_audio.data.audio import resample, to_mono
+from tiny_audio.data.audio import resample
+from tiny_audio.data.espeak import PACKAGE, Espeak, SynthError
+from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sentence, training_sentence
 
-ESPEAK = "espeak-ng"
-VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc")
-VARIANTS = ("", "+m3", "+f2", "+f4")  # espeak-ng voice variants: male/female timbres
-SPEEDS = (135, 190)  # words per minute; espeak's default is 175
+__all__ = [
+    "HELD_OUT_VOICE",
+    "SPLITS",
+    "TRAIN_VOICES",
+    "Clip",
+    "SynthError",
+    "is_complete",
+    "is_held_out",
+    "make_sentence",
+    "plan",
+    "synthesize",
+    "training_sentence",
+]
+
+# Accents are espeak-ng voice names; "+variant" changes the timbre (m = male, f = female).
+TRAIN_ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+VARIANTS = ("", "+m3", "+f2", "+f4")
+TRAIN_VOICES = tuple(accent + variant for accent in TRAIN_ACCENTS for variant in VARIANTS)
+HELD_OUT_VOICE = "en-gb-scotland"  # Scottish English: an accent no training voice has
+RATES = (135, 190)  # words per minute; espeak's default is 175
 PITCHES = (30, 70)  # 0-99; espeak's default is 50
+SPLITS = ("train", "validation", "validation_new_voice")
 
-NAMES = ("Alice", "Ben", "Clara", "David", "Emma", "Frank", "Grace", "Henry", "Iris", "James", "Laura", "Martin")
-ADJECTIVES = ("small", "bright", "quiet", "heavy", "old", "green", "careful", "busy", "warm", "narrow", "happy")
-NOUNS = ("cat", "teacher", "train", "garden", "letter", "river", "window", "doctor", "bicycle", "kitchen", "farmer")
-PLURALS = ("birds", "children", "boxes", "lamps", "students", "boats", "apples", "clocks", "engineers", "songs")
-VERBS = ("opened", "painted", "carried", "watched", "found", "cleaned", "visited", "followed", "repaired", "moved")
-PRESENT = ("open", "paint", "carry", "watch", "find", "clean", "visit", "follow", "repair", "move")
-PLACES = ("station", "market", "library", "harbour", "school", "museum", "bridge", "village", "office", "park")
-PREPOSITIONS = ("near", "behind", "inside", "beside", "across", "under", "past", "towards")
-TIMES = ("this morning", "last night", "on Monday", "after lunch", "in the spring", "every day", "at noon")
-NUMBERS = ("Two", "Three", "Four", "Five", "Seven", "Nine", "Twelve", "Twenty")
-TEMPLATES = (
-    "The {adjective} {noun} {verb} the {noun2} {preposition} the {place}.",
-    "{name} {verb} a {adjective} {noun} {time}.",
-    "{number} {plurals} waited {preposition} the {place} {time}.",
-    "Did {name} {present} the {noun} {preposition} the {place}?",
-    "Please {present} the {adjective} {noun} before {name} arrives.",
-    "{name} said that the {noun} was too {adjective} for the {place}.",
-    "We {verb} the {plurals} {time}, and {name} {verb2} the {noun}.",
-    "Why is the {noun} so {adjective} {time}?",
-)
-
-
-class SynthError(RuntimeError):
-    """espeak-ng is missing or failed; the message says what to install or what it printed."""
+VERSION = 2  # bump when the same arguments would write different audio or text
+MARKER = "synth-complete.json"  # the dash keeps it from being read as a split by data/local.py
+LANE_SIZE = 32  # clips rendered in sequence on one espeak-ng instance
 
 
 @dataclass(frozen=True)
@@ -59,52 +71,33 @@ class Clip:
     file_name: str
     text: str
     voice: str
-    speed: int
+    rate: int
     pitch: int
+    noise_seed: int
 
 
-def make_sentence(rng: random.Random) -> str:
-    slots = {
-        "name": rng.choice(NAMES),
-        "adjective": rng.choice(ADJECTIVES),
-        "noun": rng.choice(NOUNS),
-        "noun2": rng.choice(NOUNS),
-        "plurals": rng.choice(PLURALS),
-        "verb": rng.choice(VERBS),
-        "verb2": rng.choice(VERBS),
-        "present": rng.choice(PRESENT),
-        "place": rng.choice(PLACES),
-        "preposition": rng.choice(PREPOSITIONS),
-        "time": rng.choice(TIMES),
-        "number": rng.choice(NUMBERS),
-    }
-    return rng.choice(TEMPLATES).format(**slots)
-
-
-def plan_split(split: str, count: int, seed: int) -> list[Clip]:
-    # A string seed is hashed deterministically (unlike hash()), and differs per split so
-    # validation sentences are not a replay of train's.
+def plan(split: str, count: int, seed: int) -> list[Clip]:
+    """The clips of one split. A longer split starts with the clips of a shorter one."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+    # String seeds are hashed deterministically (unlike hash()) and differ per split.
     rng = random.Random(f"{seed}-{split}")
-    return [
-        Clip(
-            file_name=f"{split}_{i:05d}.wav",
-            text=make_sentence(rng),
-            voice=rng.choice(VOICES) + rng.choice(VARIANTS),
-            speed=rng.randint(*SPEEDS),
-            pitch=rng.randint(*PITCHES),
+    # Both validation splits read the same sentences, so that only the voice differs.
+    held_out = [] if split == "train" else held_out_sentences(count, random.Random(f"{seed}-held-out"))
+    clips = []
+    for index in range(count):  # one clip's draws at a time, so a longer plan extends a shorter one
+        text = training_sentence(rng) if split == "train" else held_out[index]
+        clips.append(
+            Clip(
+                file_name=f"{split}_{index:05d}.wav",
+                text=text,
+                voice=HELD_OUT_VOICE if split == "validation_new_voice" else rng.choice(TRAIN_VOICES),
+                rate=rng.randint(*RATES),
+                pitch=rng.randint(*PITCHES),
+                noise_seed=rng.randrange(1 << 31),
+            )
         )
-        for i in range(count)
-    ]
-
-
-def speak(clip: Clip, sample_rate: int) -> np.ndarray:
-    """Mono float32 at `sample_rate` for one clip (espeak-ng itself writes 22.05 kHz)."""
-    command = [ESPEAK, "-v", clip.voice, "-s", str(clip.speed), "-p", str(clip.pitch), "--stdout", clip.text]
-    result = subprocess.run(command, capture_output=True, check=False)
-    if result.returncode != 0 or not result.stdout:
-        raise SynthError(f"{' '.join(command)} failed: {result.stderr.decode(errors='replace').strip()}")
-    samples, rate = sf.read(io.BytesIO(result.stdout), dtype="float32", always_2d=True)
-    return resample(to_mono(samples), rate, sample_rate)
+    return clips
 
 
 def synthesize(
@@ -112,29 +105,197 @@ def synthesize(
     *,
     train: int = 400,
     validation: int = 40,
+    new_voice: int = 40,
     seed: int = 0,
     sample_rate: int = 16000,
     workers: int | None = None,
 ) -> dict[str, int]:
-    """Write OUT/train and OUT/validation audiofolders; returns clips written per split."""
-    if shutil.which(ESPEAK) is None:
-        raise SynthError(
-            "espeak-ng is not installed: install the apt package `espeak-ng` "
-            "(sudo apt-get install espeak-ng) or your platform's equivalent"
-        )
-    # espeak-ng runs in its own process, so threads are enough to keep every core busy.
-    workers = workers or max(2, os.cpu_count() or 2)
-    written = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for split, count in (("train", train), ("validation", validation)):
-            folder = Path(out_dir) / split
-            folder.mkdir(parents=True, exist_ok=True)
-            clips = plan_split(split, count, seed)
-            for clip, audio in zip(clips, pool.map(lambda c: speak(c, sample_rate), clips), strict=True):
-                sf.write(folder / clip.file_name, audio, sample_rate, subtype="PCM_16")
-            with open(folder / "metadata.csv", "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["file_name", "text"])
-                writer.writerows((clip.file_name, clip.text) for clip in clips)
-            written[split] = count
-    return written
+    """Write the three splits under `out_dir` (or reuse a complete set with the same arguments).
+
+    Returns clips per split. `workers` processes render lanes in parallel (default: one per CPU);
+    the output does not depend on it. Outside Linux the workers are spawned, so a script calling
+    this needs the usual `if __name__ == "__main__":` guard there.
+    """
+    out_dir = Path(out_dir)
+    marker = _marker(train=train, validation=validation, new_voice=new_voice, seed=seed, sample_rate=sample_rate)
+    counts = marker["counts"]
+    if any(count < 0 for count in counts.values()):
+        raise ValueError(f"clip counts must be >= 0, got {counts}")
+    if _read_marker(out_dir) == marker:
+        return counts
+    _check_replaceable(out_dir)
+    plans = {split: plan(split, count, seed) for split, count in counts.items()}
+    _check_voices({clip.voice for clips in plans.values() for clip in clips})
+
+    staging = _make_staging(out_dir)
+    try:
+        lanes = []
+        for split, clips in plans.items():
+            if not clips:
+                continue
+            folder = staging / split
+            _guarded(folder, lambda folder=folder: folder.mkdir())
+            _write_metadata(folder, clips)
+            lanes += [(folder, clips[i : i + LANE_SIZE], sample_rate) for i in range(0, len(clips), LANE_SIZE)]
+        _render_all(lanes, workers)
+        marker["voices"] = {"train": list(TRAIN_VOICES), "held_out": HELD_OUT_VOICE}
+        _guarded(staging / MARKER, lambda: (staging / MARKER).write_text(json.dumps(marker, indent=1) + "\n"))
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return counts
+
+
+def is_complete(
+    out_dir: Path,
+    *,
+    train: int = 400,
+    validation: int = 40,
+    new_voice: int = 40,
+    seed: int = 0,
+    sample_rate: int = 16000,
+) -> bool:
+    """Whether `out_dir` holds a complete dataset written with these arguments (synthesize would reuse it)."""
+    marker = _marker(train=train, validation=validation, new_voice=new_voice, seed=seed, sample_rate=sample_rate)
+    return _read_marker(Path(out_dir)) == marker
+
+
+def _marker(*, train: int, validation: int, new_voice: int, seed: int, sample_rate: int) -> dict:
+    arguments = {"train": train, "validation": validation, "new_voice": new_voice, "seed": seed}
+    arguments["sample_rate"] = sample_rate
+    counts = dict(zip(SPLITS, (train, validation, new_voice), strict=True))
+    # The library version is part of the key: another espeak-ng may speak differently.
+    return {"version": VERSION, PACKAGE: _package_version(), "arguments": arguments, "counts": counts}
+
+
+def _read_marker(out_dir: Path) -> dict | None:
+    """The marker of a complete dataset (without its informational keys), or None."""
+    try:
+        found = json.loads((out_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict):
+        return None
+    found.pop("voices", None)
+    return found
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to overwrite a directory that this module did not write."""
+    if out_dir.exists() and not (out_dir / MARKER).is_file():
+        if not out_dir.is_dir():
+            raise SynthError(f"{out_dir} exists and is not a directory; choose another output path")
+        if any(out_dir.iterdir()):
+            raise SynthError(
+                f"{out_dir} already holds files that `ta data synth` did not write (no {MARKER}); "
+                "remove it or choose another output directory"
+            )
+
+
+def _check_voices(voices: set[str]) -> None:
+    with Espeak() as engine:
+        for voice in sorted(voices):
+            if not engine.has_voice(voice):
+                raise SynthError(f"unknown espeak-ng voice '{voice}' (accents look like en-us, en-gb-x-rp)")
+
+
+def _guarded(path: Path, action):
+    """Run a filesystem action, turning OSError into a one-line error that names the path."""
+    try:
+        return action()
+    except (OSError, sf.SoundFileError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise SynthError(f"cannot write {path}: {reason}; free some space or choose another output path") from error
+
+
+def _make_staging(out_dir: Path) -> Path:
+    parent = out_dir.absolute().parent
+    _guarded(parent, lambda: parent.mkdir(parents=True, exist_ok=True))
+    prefix = f".{out_dir.name}.partial-"
+    for stale in parent.glob(prefix + "*"):
+        if not _process_alive(stale.name[len(prefix) :].split("-", 1)[0]):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed
+    staging = Path(_guarded(parent, lambda: tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the dataset's mode
+    return staging
+
+
+def _process_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but belongs to someone else
+    return True
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace out_dir by the finished staging directory; a reader never sees a partial set."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=staging.parent))
+        old.rmdir()
+        _guarded(out_dir, lambda: out_dir.rename(old))
+    _guarded(out_dir, lambda: staging.rename(out_dir))
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_metadata(folder: Path, clips: list[Clip]) -> None:
+    def write() -> None:
+        with open(folder / "metadata.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", "text"])
+            writer.writerows((clip.file_name, clip.text) for clip in clips)
+
+    _guarded(folder / "metadata.csv", write)
+
+
+def _render_all(lanes: list[tuple[Path, list[Clip], int]], workers: int | None) -> None:
+    workers = max(1, min(workers or os.cpu_count() or 1, len(lanes)))
+    if workers == 1:
+        for lane in lanes:
+            _render_lane(lane)
+        return
+    # espeak-ng holds global state, so parallelism needs processes. Linux forks them (instant, as
+    # torch's DataLoader does); elsewhere they are spawned, which re-imports the caller's main module.
+    context = get_context("fork" if sys.platform == "linux" else "spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_interrupts)
+    try:
+        for _ in pool.map(_render_lane, lanes):
+            pass
+    finally:
+        # On Ctrl+C or an error: drop queued lanes, let running ones finish, then the caller deletes
+        # the staging directory.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl+C reaches the whole process group; the parent alone handles it and stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _render_lane(lane: tuple[Path, list[Clip], int]) -> None:
+    folder, clips, sample_rate = lane
+    with Espeak() as engine:
+        for clip in clips:
+            samples = engine.speak(
+                clip.text, voice=clip.voice, rate=clip.rate, pitch=clip.pitch, noise_seed=clip.noise_seed
+            )
+            audio = resample(samples.astype(np.float32) / 32768, engine.sample_rate, sample_rate)
+            pcm = np.round(np.clip(audio, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+            path = folder / clip.file_name
+            _guarded(path, lambda path=path, pcm=pcm: sf.write(path, pcm, sample_rate, subtype="PCM_16"))
