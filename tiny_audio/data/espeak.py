@@ -73,7 +73,6 @@ class Espeak:
             private = self._scratch / source.name
             shutil.copyfile(source, private)
             self._lib = lib = ctypes.CDLL(str(private))
-            self._libc = ctypes.CDLL(None)  # espeak's breath noise draws from libc rand()
             lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
             lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
             lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
@@ -109,11 +108,11 @@ class Espeak:
         problem = voice_error(voice)
         if problem or self._lib.espeak_SetVoiceByName(voice.encode()) == EE_NOT_FOUND:
             raise SynthError(problem or f"unknown espeak-ng voice '{voice}' (accents look like en-us, en-gb-x-rp)")
-        # The voice resets rate and pitch, so they are set after it.
+        # Rate and pitch persist across calls, so every clip sets both. espeak_Initialize seeds the
+        # breath-noise generator from the clock; a seed per clip makes the noise reproducible.
         self._lib.espeak_SetParameter(ESPEAK_RATE, rate, 0)
         self._lib.espeak_SetParameter(ESPEAK_PITCH, pitch, 0)
         self._lib.espeak_ng_SetRandSeed(noise_seed)
-        self._libc.srand(noise_seed)
         self._chunks = []
         data = text.encode()
         status = self._lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, ESPEAK_CHARS_UTF8, None, None)
