@@ -5,6 +5,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from tiny_audio.cli import app
 from tiny_audio.config import DataConfig, DatasetConfig
-from tiny_audio.data import synth
+from tiny_audio.data import espeak, synth
 from tiny_audio.data.espeak import Espeak, SynthError
 from tiny_audio.data.local import find_local_splits
 from tiny_audio.data.sentences import HELD_OUT_FRACTION, is_held_out, make_sentence, normalize
@@ -169,7 +170,7 @@ def test_no_espeak_ng_program_is_needed(tmp_path: Path) -> None:
         for name in ("execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp"):
             if hasattr(os, name):
                 setattr(os, name, refuse)
-        from tiny_audio.data import synth
+        from tiny_audio.data import espeak, synth
         print(synth.synthesize({str(tmp_path / "out")!r}, train=2, validation=1, new_voice=1, workers=2))
         """
     )
@@ -253,3 +254,6 @@ def test_a_killed_run_stops_its_workers_and_the_next_run_rebuilds(tmp_path: Path
     assert not (tmp_path / "set").exists() and list(tmp_path.glob(".set.partial-*"))
     synth.synthesize(tmp_path / "set", **SMALL, workers=1)
     assert [path.name for path in tmp_path.iterdir()] == ["set"] and synth.is_complete(tmp_path / "set", **SMALL)
+    # The killed workers' private library copies are gone too.
+    scratch = Path(tempfile.gettempdir())
+    assert not [path for pid in children for path in scratch.glob(f"{espeak.SCRATCH_PREFIX}{pid}-*")]

@@ -14,6 +14,7 @@ handle), which makes the output a function of the calls made on this instance on
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ ESPEAK_RATE = 1  # words per minute, 80-450
 ESPEAK_PITCH = 3  # 0-99, 50 is the voice's own
 EE_NOT_FOUND = 2
 PACKAGE = "espeakng-loader"
+SCRATCH_PREFIX = "tiny-audio-espeak-"  # + pid: each instance's private copy of the library
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); returning 0 continues.
 SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -61,12 +63,31 @@ def voice_error(voice: str) -> str | None:
     return None
 
 
+def process_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but belongs to someone else
+    return True
+
+
+def remove_stale_copies() -> None:
+    """Delete the library copies left by processes that were killed (called once per dataset)."""
+    for path in Path(tempfile.gettempdir()).glob(SCRATCH_PREFIX + "*"):
+        if not process_alive(path.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class Espeak:
     """One private espeak-ng instance at its native rate (22050 Hz). Not thread-safe; use processes."""
 
     def __init__(self) -> None:
         loader = _loader()
-        self._scratch = Path(tempfile.mkdtemp(prefix="tiny-audio-espeak-"))
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self._lib: ctypes.CDLL | None = None
         try:
             source = Path(loader.get_library_path())

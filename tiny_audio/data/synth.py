@@ -37,7 +37,7 @@ import numpy as np
 import soundfile as sf
 
 from tiny_audio.data.audio import resample
-from tiny_audio.data.espeak import PACKAGE, Espeak, SynthError
+from tiny_audio.data.espeak import PACKAGE, Espeak, SynthError, process_alive, remove_stale_copies
 from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sentence, training_sentence
 
 __all__ = [
@@ -126,6 +126,7 @@ def synthesize(
     if _read_marker(out_dir) == marker:
         return counts
     _check_replaceable(out_dir)
+    remove_stale_copies()
     plans = {split: plan(split, count, seed) for split, count in counts.items()}
     _check_voices({clip.voice for clips in plans.values() for clip in clips})
 
@@ -223,25 +224,13 @@ def _make_staging(out_dir: Path) -> Path:
     _guarded(parent, lambda: parent.mkdir(parents=True, exist_ok=True))
     prefix = f".{out_dir.name}.partial-"
     for stale in parent.glob(prefix + "*"):
-        if not _process_alive(stale.name[len(prefix) :].split("-", 1)[0]):
+        if not process_alive(stale.name[len(prefix) :].split("-", 1)[0]):
             shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed
     staging = Path(_guarded(parent, lambda: tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the dataset's mode
     return staging
-
-
-def _process_alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists but belongs to someone else
-    return True
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
