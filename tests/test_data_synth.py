@@ -5,7 +5,9 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 
 from tiny_audio.cli import app
 from tiny_audio.config import DataConfig, DatasetConfig
-from tiny_audio.data import synth
+from tiny_audio.data import espeak, synth
 from tiny_audio.data.espeak import Espeak, SynthError
 from tiny_audio.data.local import find_local_splits
 from tiny_audio.data.sentences import HELD_OUT_FRACTION, is_held_out, make_sentence, normalize
@@ -168,7 +170,7 @@ def test_no_espeak_ng_program_is_needed(tmp_path: Path) -> None:
         for name in ("execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp"):
             if hasattr(os, name):
                 setattr(os, name, refuse)
-        from tiny_audio.data import synth
+        from tiny_audio.data import espeak, synth
         print(synth.synthesize({str(tmp_path / "out")!r}, train=2, validation=1, new_voice=1, workers=2))
         """
     )
@@ -229,3 +231,29 @@ def test_refuses_to_replace_a_directory_it_did_not_write(tmp_path: Path) -> None
     with pytest.raises(SynthError, match="did not write"):
         synth.synthesize(tmp_path / "mine", **SMALL, workers=1)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker pids from Linux /proc")
+def test_a_killed_run_stops_its_workers_and_the_next_run_rebuilds(tmp_path: Path) -> None:
+    script = f"from tiny_audio.data import synth; synth.synthesize({str(tmp_path / 'set')!r}, train=3000, workers=2)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".set.partial-*/train/*.wav")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        children = Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()
+        assert len(children) == 2, children
+    finally:
+        run.kill()  # no cleanup can run: like a crash or a power cut
+        run.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children), "orphaned workers still running"
+    assert not (tmp_path / "set").exists() and list(tmp_path.glob(".set.partial-*"))
+    synth.synthesize(tmp_path / "set", **SMALL, workers=1)
+    assert [path.name for path in tmp_path.iterdir()] == ["set"] and synth.is_complete(tmp_path / "set", **SMALL)
+    # The killed workers' private library copies are gone too.
+    scratch = Path(tempfile.gettempdir())
+    assert not [path for pid in children for path in scratch.glob(f"{espeak.SCRATCH_PREFIX}{pid}-*")]

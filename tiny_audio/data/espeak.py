@@ -14,6 +14,7 @@ handle), which makes the output a function of the calls made on this instance on
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ ESPEAK_RATE = 1  # words per minute, 80-450
 ESPEAK_PITCH = 3  # 0-99, 50 is the voice's own
 EE_NOT_FOUND = 2
 PACKAGE = "espeakng-loader"
+SCRATCH_PREFIX = "tiny-audio-espeak-"  # + pid: each instance's private copy of the library
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); returning 0 continues.
 SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -61,19 +63,37 @@ def voice_error(voice: str) -> str | None:
     return None
 
 
+def process_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but belongs to someone else
+    return True
+
+
+def remove_stale_copies() -> None:
+    """Delete the library copies left by processes that were killed (called once per dataset)."""
+    for path in Path(tempfile.gettempdir()).glob(SCRATCH_PREFIX + "*"):
+        if not process_alive(path.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class Espeak:
     """One private espeak-ng instance at its native rate (22050 Hz). Not thread-safe; use processes."""
 
     def __init__(self) -> None:
         loader = _loader()
-        self._scratch = Path(tempfile.mkdtemp(prefix="tiny-audio-espeak-"))
+        self._scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self._lib: ctypes.CDLL | None = None
         try:
             source = Path(loader.get_library_path())
             private = self._scratch / source.name
             shutil.copyfile(source, private)
             self._lib = lib = ctypes.CDLL(str(private))
-            self._libc = ctypes.CDLL(None)  # espeak's breath noise draws from libc rand()
             lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
             lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
             lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
@@ -109,11 +129,11 @@ class Espeak:
         problem = voice_error(voice)
         if problem or self._lib.espeak_SetVoiceByName(voice.encode()) == EE_NOT_FOUND:
             raise SynthError(problem or f"unknown espeak-ng voice '{voice}' (accents look like en-us, en-gb-x-rp)")
-        # The voice resets rate and pitch, so they are set after it.
+        # Rate and pitch persist across calls, so every clip sets both. espeak_Initialize seeds the
+        # breath-noise generator from the clock; a seed per clip makes the noise reproducible.
         self._lib.espeak_SetParameter(ESPEAK_RATE, rate, 0)
         self._lib.espeak_SetParameter(ESPEAK_PITCH, pitch, 0)
         self._lib.espeak_ng_SetRandSeed(noise_seed)
-        self._libc.srand(noise_seed)
         self._chunks = []
         data = text.encode()
         status = self._lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, ESPEAK_CHARS_UTF8, None, None)

@@ -25,6 +25,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
@@ -35,7 +37,7 @@ import numpy as np
 import soundfile as sf
 
 from tiny_audio.data.audio import resample
-from tiny_audio.data.espeak import PACKAGE, Espeak, SynthError
+from tiny_audio.data.espeak import PACKAGE, Espeak, SynthError, process_alive, remove_stale_copies
 from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sentence, training_sentence
 
 __all__ = [
@@ -124,6 +126,7 @@ def synthesize(
     if _read_marker(out_dir) == marker:
         return counts
     _check_replaceable(out_dir)
+    remove_stale_copies()
     plans = {split: plan(split, count, seed) for split, count in counts.items()}
     _check_voices({clip.voice for clips in plans.values() for clip in clips})
 
@@ -221,25 +224,13 @@ def _make_staging(out_dir: Path) -> Path:
     _guarded(parent, lambda: parent.mkdir(parents=True, exist_ok=True))
     prefix = f".{out_dir.name}.partial-"
     for stale in parent.glob(prefix + "*"):
-        if not _process_alive(stale.name[len(prefix) :].split("-", 1)[0]):
+        if not process_alive(stale.name[len(prefix) :].split("-", 1)[0]):
             shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed
     staging = Path(_guarded(parent, lambda: tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the dataset's mode
     return staging
-
-
-def _process_alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists but belongs to someone else
-    return True
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
@@ -265,7 +256,9 @@ def _write_metadata(folder: Path, clips: list[Clip]) -> None:
 
 
 def _render_all(lanes: list[tuple[Path, list[Clip], int]], workers: int | None) -> None:
-    workers = max(1, min(workers or os.cpu_count() or 1, len(lanes)))
+    # The CPUs this process may use (a container often has fewer than the machine).
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(workers or available, len(lanes)))
     if workers == 1:
         for lane in lanes:
             _render_lane(lane)
@@ -273,7 +266,9 @@ def _render_all(lanes: list[tuple[Path, list[Clip], int]], workers: int | None) 
     # espeak-ng holds global state, so parallelism needs processes. Linux forks them (instant, as
     # torch's DataLoader does); elsewhere they are spawned, which re-imports the caller's main module.
     context = get_context("fork" if sys.platform == "linux" else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_interrupts)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+    )
     try:
         for _ in pool.map(_render_lane, lanes):
             pass
@@ -283,9 +278,18 @@ def _render_all(lanes: list[tuple[Path, list[Clip], int]], workers: int | None) 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ignore_interrupts() -> None:
+def _start_worker(parent: int) -> None:
     # Ctrl+C reaches the whole process group; the parent alone handles it and stops the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL, SIGTERM) cannot stop its pool, and a forked worker would
+    # wait on the task queue forever, so each worker leaves once its parent is gone.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _render_lane(lane: tuple[Path, list[Clip], int]) -> None:
