@@ -169,7 +169,7 @@ def pretrain_llm(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        window.append(float(loss))
+        window.append(float(loss.detach()))
         if step % log_every == 0 or step == recipe.steps:
             losses.append(sum(window) / len(window))
             log(f"  LLM step {step}/{recipe.steps} | copy loss {losses[-1]:.3f}")

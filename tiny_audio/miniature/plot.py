@@ -19,7 +19,6 @@ import matplotlib.pyplot as plt
 
 from tiny_audio.training.metrics_file import read_metrics
 
-
 INTELLIGIBLE_WER = 0.5  # fewer than half the words wrong: a reader can follow the transcript
 
 

@@ -19,7 +19,8 @@ import soundfile as sf
 import torch
 from transformers import AutoTokenizer
 
-from tiny_audio.data.synth import is_held_out, make_sentence, synthesize
+from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sentence
+from tiny_audio.data.synth import synthesize
 from tiny_audio.miniature.cache import build_atomically
 from tiny_audio.miniature.encoder import (
     EncoderRecipe,
@@ -98,16 +99,6 @@ def training_sentences(seed: int, draws: int = 20_000) -> list[str]:
     return sentences
 
 
-def held_out_sentences(seed: int, count: int) -> list[str]:
-    rng = random.Random(f"llm-check-{seed}")
-    found: list[str] = []
-    while len(found) < count:
-        sentence = make_sentence(rng)
-        if is_held_out(sentence) and sentence not in found:
-            found.append(sentence)
-    return found
-
-
 def _build_llm(directory: Path, spec: MiniatureSpec, log: Callable[[str], None]) -> None:
     started = time.perf_counter()
     sentences = training_sentences(spec.seed)
@@ -117,7 +108,7 @@ def _build_llm(directory: Path, spec: MiniatureSpec, log: Callable[[str], None])
     task = CopyTask(AutoTokenizer.from_pretrained(directory), spec.llm)
     log(f"Pretraining a {_millions(model)}M-parameter Qwen3 to repeat its prompt ({spec.llm.steps} steps)")
     losses = pretrain_llm(model, task, sentences, spec.llm, spec.seed, log=log)
-    accuracy = copy_accuracy(model, task, held_out_sentences(spec.seed, 50))
+    accuracy = copy_accuracy(model, task, held_out_sentences(50, random.Random(f"llm-check-{spec.seed}")))
     seconds = time.perf_counter() - started
     log(f"  exact copies of 50 held-out sentences: {accuracy:.0%} ({seconds:.0f} s)")
     model.save_pretrained(directory)

@@ -1,0 +1,145 @@
+"""The miniature's building blocks: atomic cache, plot, metrics record, projector scale, AdamW keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.data_helpers import write_audiofolder
+from tiny_audio.miniature.cache import MARKER, CacheError, build_atomically
+from tiny_audio.miniature.encoder import CTC_ALPHABET, ctc_decode, ctc_targets
+from tiny_audio.miniature.llm import CopyTask, LlmRecipe, plain_words
+from tiny_audio.miniature.plot import plot_stages, stage_curves
+from tiny_audio.model.build import build_model
+from tiny_audio.model.scale import projector_scale_ratio
+from tiny_audio.training.metrics_file import METRICS_FILE, read_metrics
+from tiny_audio.training.run import run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _write(directory: Path) -> None:
+    (directory / "weights.bin").write_bytes(b"1234")
+
+
+def test_a_build_lands_only_when_complete_and_is_reused(tmp_path: Path) -> None:
+    target = tmp_path / "cache" / "model"
+    calls: list[Path] = []
+
+    def failing(directory: Path) -> None:
+        calls.append(directory)
+        (directory / "half.bin").write_bytes(b"12")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_atomically(target, "v1", failing)
+    assert not target.exists() and not list(target.parent.glob(".model.partial-*"))
+    # A kill -9 leaves a partial directory behind: the next build removes it.
+    (target.parent / ".model.partial-999999").mkdir()
+    assert build_atomically(target, "v1", _write) is True
+    assert (target / "weights.bin").read_bytes() == b"1234" and (target / MARKER).read_text() == "v1"
+    assert not list(target.parent.glob(".model.partial-*"))
+    assert build_atomically(target, "v1", failing) is False  # reused: the builder is not called
+    assert len(calls) == 1
+    assert build_atomically(target, "v2", _write) is True  # another stamp rebuilds
+
+
+def test_an_unwritable_cache_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CacheError, match=r"a-file/model.*TINY_AUDIO_CACHE"):
+        build_atomically(blocker / "model", "v1", _write)
+
+
+def test_ctc_targets_round_trip_through_greedy_decoding() -> None:
+    targets = ctc_targets("Did Alice paint the cat's boat?")
+    assert "".join(CTC_ALPHABET[i - 1] for i in targets) == "did alice paint the cat's boat"
+    frames = torch.full((len(targets) * 2, len(CTC_ALPHABET) + 1), -10.0)
+    for j, target in enumerate(targets):  # each character, then a blank
+        frames[2 * j, target] = 0.0
+        frames[2 * j + 1, 0] = 0.0
+    assert ctc_decode(frames) == "did alice paint the cat's boat"
+
+
+def test_the_copy_task_uses_the_speech_prompt_layout(tiny_fixtures) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_fixtures["qwen3"])
+    task = CopyTask(tokenizer, LlmRecipe(repeat_prob=0.0, drop_prob=0.0, swap_prob=0.0, plain_text_prob=1.0))
+    import random
+
+    ids, labels, in_copy = task.example("The cat, the dog.", random.Random(0))
+    text = tokenizer.decode(ids)
+    assert text.startswith(
+        "<|im_start|>user\nthe cat the dog\nTranscribe the audio.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert text.endswith("The cat, the dog.<|im_end|>")
+    copied = [i for i, flag in zip(ids, in_copy, strict=True) if flag]
+    assert tokenizer.decode(copied) == "the cat the dog"
+    target = [t for t in labels if t != -100]
+    assert tokenizer.decode(target) == "The cat, the dog.<|im_end|>"
+    assert plain_words("Why is it so WARM, Ben?") == "why is it so warm ben"
+
+
+def test_a_run_records_its_metrics_and_the_plot_draws_them(tiny_run_config, tmp_path: Path) -> None:
+    data = write_audiofolder(tmp_path / "data", {"train": 8, "validation": 4})
+    cfg = tiny_run_config(data, max_steps=10, logging_steps=5, eval_steps=5)
+    run(cfg, log=lambda _: None)
+    output = tmp_path / "run"
+    records = read_metrics(output)
+    assert [(r["step"], r["event"]) for r in records] == [(5, "eval"), (5, "log"), (10, "eval"), (10, "log")]
+    assert all("train/loss" in r for r in records if r["event"] == "log")
+    assert all("eval/loss" in r for r in records if r["event"] == "eval")
+    # A resumed run re-logs steps after its checkpoint: the latest record of a step wins.
+    with open(output / METRICS_FILE, "a") as handle:
+        handle.write(json.dumps({"step": 10, "event": "log", "train/loss": 0.5}) + "\n")
+    assert read_metrics(output)[-1]["train/loss"] == 0.5
+
+    second = output.parent / "stage2"
+    second.mkdir()
+    (second / METRICS_FILE).write_text(
+        "\n".join(json.dumps(r) for r in ({"step": 4, "event": "eval", "eval/loss": 1.0, "eval/wer": 0.4},))
+    )
+    stages = stage_curves([output, second], ["stage 1", "stage 2"])
+    assert stages[1].offset == 10 and stages[1].eval_loss == [(14, 1.0)]
+    assert stages[1].intelligible_step == 4
+    png = plot_stages(stages, tmp_path / "plot" / "curves.png")
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[0] > 300
+
+
+def test_output_norm_makes_projected_audio_as_loud_as_text(tiny_model_config, tiny_run_config, tmp_path) -> None:
+    from tiny_audio.data.collator import collator_for
+
+    data = write_audiofolder(tmp_path / "data", {"train": 4, "validation": 4})
+    samples = [{"audio": torch.randn(16000).numpy() * 0.1, "text": "hello"} for _ in range(2)]
+    ratios = {}
+    for norm in (False, True):
+        torch.manual_seed(0)
+        model = build_model(tiny_model_config(projector_output_norm=norm))
+        ratios[norm] = projector_scale_ratio(model, collator_for(model, 16000)(samples))
+    assert ratios[True] == pytest.approx(1.0, rel=0.05)
+    assert abs(ratios[False] - 1.0) > 0.1  # the tiny LLM's embeddings are wide (init 0.3): 0.83 without the norm
+    lines: list[str] = []
+    run(tiny_run_config(data, max_steps=1), log=lines.append)
+    assert any(line.startswith("Projector output RMS at step 0 is ") for line in lines)
+
+
+def test_adam_settings_reach_the_optimizer(tiny_run_config, tmp_path: Path) -> None:
+    from tiny_audio.training.trainer import Callback
+
+    data = write_audiofolder(tmp_path / "data", {"train": 4, "validation": 4})
+    seen = {}
+
+    class Grab(Callback):
+        def on_train_start(self, trainer) -> None:
+            seen.update(trainer.optimizer.param_groups[0])
+
+    cfg = tiny_run_config(data, max_steps=1, adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6)
+    run(cfg, callbacks=[Grab()], log=lambda _: None)
+    assert seen["betas"] == (0.8, 0.95) and seen["eps"] == 1e-6
