@@ -60,3 +60,33 @@ def export_command(
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
+
+
+@app.command("push")
+def push_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint, or a directory written by `ta export`.")],
+    repo_id: Annotated[str, typer.Argument(help="The Hub model repo, OWNER/NAME (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    merge_lora: MergeLoraOpt = False,
+    include_frozen_weights: IncludeFrozenOpt = False,
+    eval_results: EvalResultsOpt = None,
+    license: Annotated[str, typer.Option(help="License in the model card's metadata.")] = "other",
+) -> None:
+    """Export CHECKPOINT with its model card and upload it (token: HF_TOKEN or `hf auth login`; resumable)."""
+    from tiny_audio.export.export import ExportError
+    from tiny_audio.export.push import PushError, push_model
+
+    try:
+        url = push_model(
+            checkpoint,
+            repo_id,
+            private=private,
+            merge_lora=merge_lora,
+            include_frozen_weights=include_frozen_weights,
+            eval_results=eval_results,
+            license=license,
+        )
+    except (PushError, ExportError, ValueError, OSError) as error:
+        _fail(str(error))
+    typer.echo(f"Pushed to {url}")
+    typer.echo(f'Use it: pipeline("automatic-speech-recognition", model="{repo_id}", trust_remote_code=True)')

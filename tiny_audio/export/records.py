@@ -106,7 +106,9 @@ class RunRecordCallback(Callback):
 
         out = trainer.output_dir / EXPORT_DIR
         try:
-            export_model(self.last_saved, out)
+            export_model(
+                self.last_saved, out, model_id=trainer.args.hub_model_id if trainer.args.pushes_to_hub else None
+            )
         except Exception as error:  # the run is over and its checkpoint safe: report, never fail it here
             trainer.log(
                 f"warning: could not export {self.last_saved} ({type(error).__name__}: {error}); "
