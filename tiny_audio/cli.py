@@ -8,7 +8,9 @@ from transformers.utils import logging as transformers_logging
 from tiny_audio.data.cli import app as data_app
 from tiny_audio.evaluation.cli import app as evaluation_app
 from tiny_audio.miniature.cli import app as miniature_app
+from tiny_audio.export.cli import app as export_app
 from tiny_audio.remote.cli import app as runpod_app
+from tiny_audio.serve.cli import app as serve_app
 
 # Per-shard progress bars drown the training log, in tmux captures above all.
 transformers_logging.disable_progress_bar()
@@ -20,6 +22,8 @@ app.add_typer(data_app, name="data", help="Build and inspect audio datasets.")
 app.add_typer(runpod_app, name="runpod", help="Deploy and run training on a RunPod GPU over SSH.")
 app.registered_commands.extend(evaluation_app.registered_commands)  # `ta transcribe`, `ta eval`
 app.registered_commands.extend(miniature_app.registered_commands)  # `ta course`, `ta plot`
+app.registered_commands.extend(export_app.registered_commands)  # `ta export`, `ta push`
+app.registered_commands.extend(serve_app.registered_commands)  # `ta serve`, `ta space`
 
 
 @app.command(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tiny_audio.config import Config
+from tiny_audio.export.records import RunRecordCallback
 from tiny_audio.training.health import EarlyStoppingCallback, OverfittingCallback, PlateauCallback
 from tiny_audio.training.hub import HubPushCallback
 from tiny_audio.training.metrics_file import MetricsFileCallback
@@ -25,4 +26,6 @@ def operations_callbacks(cfg: Config) -> list[Callback]:
     if args.pushes_to_hub:
         assert args.hub_model_id is not None
         callbacks.append(HubPushCallback(args.hub_model_id, args.hub_push_retries))
+    # Last: it exports (and pushes) the final checkpoint after the Hub push above has finished.
+    callbacks.append(RunRecordCallback())
     return callbacks

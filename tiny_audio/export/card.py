@@ -1,0 +1,236 @@
+"""The model card (README.md of an export), generated from the run's own records, never hand-filled.
+
+Sources: the checkpoint's model config, trainer_state.json, and training_state.pt (counters, and
+the RunRecordCallback record: stages, hardware, wall time, config, evaluations), plus an optional
+evaluation results file:
+
+  {"results": [{"dataset": "speechbrain/LoquaciousSet", "config": "clean", "split": "test",
+                "wer": 0.123, "num_samples": 2000,
+                "substitution_rate": 0.08, "insertion_rate": 0.01, "deletion_rate": 0.03}]}
+
+`dataset` and `wer` (a fraction, 0.123 = 12.3 %) are required; the rest is optional. `name` is
+read as `config` too, and a single result object (such as `ta eval --output` writes) is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tiny_audio.export.records import read_records
+from tiny_audio.model.build import read_model_config
+
+DEFAULT_LICENSE = "other"
+REQUIREMENTS = "transformers peft accelerate soundfile soxr"
+
+
+class EvalResultsError(ValueError):
+    """An evaluation results file that does not follow the documented schema."""
+
+
+def read_eval_results(path: Path) -> list[dict[str, Any]]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise EvalResultsError(f"cannot read evaluation results {path}: {error}") from None
+    entries = raw.get("results", [raw]) if isinstance(raw, dict) else raw
+    results = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+        if not isinstance(entry, dict) or "dataset" not in entry or not isinstance(entry.get("wer"), int | float):
+            raise EvalResultsError(
+                f"{path}: result {i} needs 'dataset' (a name or hub id) and 'wer' (a fraction, e.g. 0.123); "
+                f"got {sorted(entry) if isinstance(entry, dict) else type(entry).__name__}"
+            )
+        results.append({**entry, "config": entry.get("config", entry.get("name"))})
+    return results
+
+
+def _is_hub_id(reference: str) -> bool:
+    return reference.count("/") == 1 and not Path(reference).exists() and not reference.startswith((".", "/"))
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
+
+
+def build_card(
+    checkpoint: Path,
+    *,
+    model_id: str | None = None,
+    eval_results: list[dict[str, Any]] | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> str:
+    cfg = read_model_config(checkpoint)
+    records = read_records(checkpoint)
+    stages = records["stages"]
+    trainer_state = records["trainer_state"]
+    eval_results = eval_results or []
+    name = model_id or checkpoint.name
+    datasets = sorted(
+        {d["path"] for s in stages for d in s["config"]["data"]["datasets"] if _is_hub_id(str(d["path"]))}
+    )
+    metadata: dict[str, Any] = {
+        "library_name": "transformers",
+        "pipeline_tag": "automatic-speech-recognition",
+        "license": license,
+        "tags": ["tiny-audio", "speech-llm", "audio"],
+        "base_model": [m for m in (cfg.audio_model_id, cfg.text_model_id) if _is_hub_id(m)],
+        "datasets": datasets,
+    }
+    if eval_results:
+        metadata["model-index"] = [{"name": name, "results": [_index_entry(r) for r in eval_results]}]
+    metadata = {k: v for k, v in metadata.items() if v not in ([], None)}
+    parts = [f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n", f"# {name}\n"]
+    lora = "with a LoRA adapter on the LLM" if cfg.lora.enabled else "no LoRA"
+    parts.append(
+        "A speech recognizer built as a speech LLM with tiny-audio: a frozen audio encoder "
+        f"(`{cfg.audio_model_id}`) feeds a trained `{cfg.projector_type}` projector (pool stride "
+        f"{cfg.projector_pool_stride}, hidden {cfg.projector_hidden_dim}) whose outputs replace "
+        "`<audio>` tokens in the "
+        f"prompt of a frozen LLM (`{cfg.text_model_id}`), {lora}. Weights in {cfg.dtype}.\n"
+    )
+    parts.append(_usage(name))
+    parts.append(_results_section(eval_results))
+    parts.append(_training_section(checkpoint, stages, trainer_state, records["train_state"]))
+    parts.append(_limitations(cfg))
+    return "\n".join(parts)
+
+
+def _index_entry(result: dict[str, Any]) -> dict[str, Any]:
+    dataset = {"name": result.get("title") or result["dataset"], "type": result["dataset"]}
+    dataset.update({k: result[k] for k in ("config", "split") if result.get(k)})
+    return {
+        "task": {"type": "automatic-speech-recognition", "name": "Automatic Speech Recognition"},
+        "dataset": dataset,
+        "metrics": [{"type": "wer", "value": round(100 * float(result["wer"]), 2), "name": "WER"}],
+    }
+
+
+def _usage(name: str) -> str:
+    return f"""## Usage
+
+```bash
+pip install {REQUIREMENTS}
+```
+
+```python
+from transformers import pipeline
+
+asr = pipeline("automatic-speech-recognition", model="{name}", trust_remote_code=True)
+print(asr("clip.wav")["text"])                                    # a file (WAV, FLAC, OGG, MP3)
+print(asr({{"raw": samples, "sampling_rate": 44100}})["text"])      # an array at any rate, mono or stereo
+print(asr(["a.wav", "b.wav"], batch_size=8))                      # a batch
+print(asr("long.wav", chunk_length_s=30)["text"])                 # more than 30 s, in 30 s pieces
+```
+"""
+
+
+def _results_section(results: list[dict[str, Any]]) -> str:
+    lines = ["## Evaluation\n"]
+    if not results:
+        lines.append("No test-set evaluation was supplied to the export (`ta export --eval-results FILE`).\n")
+        return "\n".join(lines)
+    lines += ["| dataset | config | split | samples | WER | sub | ins | del |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rates = [
+            f"{100 * r[k]:.2f} %" if isinstance(r.get(k), int | float) else ""
+            for k in ("wer", "substitution_rate", "insertion_rate", "deletion_rate")
+        ]
+        lines.append(
+            f"| {r['dataset']} | {r.get('config') or ''} | {r.get('split') or ''} | {r.get('num_samples', '')} | "
+            + " | ".join(rates)
+            + " |"
+        )
+    lines.append("\nWER on normalised text, greedy decoding.\n")
+    return "\n".join(lines)
+
+
+def _training_section(
+    checkpoint: Path, stages: list[dict[str, Any]], trainer_state: dict[str, Any], train_state: dict[str, Any]
+) -> str:
+    lines = ["## Training\n"]
+    if not stages:
+        step = trainer_state.get("step")
+        lines.append(
+            f"This export was made from `{checkpoint.name}`"
+            + (f" at step {step}" if step is not None else "")
+            + ", which holds no run record (stages, hardware, time): it was not written by `ta train`.\n"
+        )
+        return "\n".join(lines)
+    lines += [
+        "| stage | experiment | trained | steps | hardware | wall time | samples | audio | last train loss |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, s in enumerate(stages, 1):
+        trained = ", ".join(k for k, v in s["trainable"].items() if v)
+        loss = s.get("train_loss")
+        lines.append(
+            f"| {i} | {s['experiment']} | {trained} | {s['start_step']}→{s['end_step']} of {s['max_steps']} | "
+            f"{s.get('hardware', '?')} | {_hours(s['wall_seconds'])} | {s.get('samples_seen', '?')} | "
+            f"{s.get('audio_hours', 0):.2f} h | {'' if loss is None else f'{loss:.4f}'} |"
+        )
+    total = sum(s["wall_seconds"] for s in stages)
+    lines.append(f"\nTotal wall time {_hours(total)}; exported from `{checkpoint.name}`.\n")
+    evaluations = [(i, e) for i, s in enumerate(stages, 1) for e in s.get("evaluations", [])]
+    if evaluations:
+        keys = sorted({k for _, e in evaluations for k in e if k != "step"})
+        lines += [
+            "### Evaluations during training\n",
+            "| stage | step | " + " | ".join(keys) + " |",
+            "|---|---|" + "---|" * len(keys),
+        ]
+        for i, e in evaluations:
+            cells = [f"{e[k]:.4f}" if k in e else "" for k in keys]
+            lines.append(f"| {i} | {e['step']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    training = stages[-1]["config"]["training"]
+    data = stages[-1]["config"]["data"]
+    lines.append(
+        f"Last stage: learning rate {training['learning_rate']} ({training['lr_scheduler_type']}, "
+        f"{training['warmup_steps']} warm-up steps), batch {training['per_device_train_batch_size']} x "
+        f"{training['gradient_accumulation_steps']} accumulation, bf16 {training['bf16']}, seed {training['seed']}; "
+        f"clips {data['min_duration']}–{data['max_duration']} s at {data['sample_rate']} Hz from "
+        + ", ".join(f"`{d['path']}`" for d in data["datasets"])
+        + ".\n"
+    )
+    for i, s in enumerate(stages, 1):
+        config = yaml.safe_dump(s["config"], sort_keys=False)
+        lines.append(f"<details><summary>Stage {i} configuration</summary>\n\n```yaml\n{config}```\n</details>\n")
+    return "\n".join(lines)
+
+
+def _limitations(cfg: Any) -> str:
+    local = [m for m in (cfg.audio_model_id, cfg.text_model_id) if not _is_hub_id(m)]
+    lines = [
+        "## Limitations\n",
+        "- At most 30 s of audio per clip (the encoder's window). Longer audio is refused unless "
+        "`chunk_length_s` is given, which cuts it into consecutive pieces without overlap: words at a cut may be lost.",
+        "- Greedy decoding of a single transcript; no timestamps, no language identification.",
+        "- Quality is whatever the evaluation above says, on those test sets only; other accents, domains "
+        "and noise conditions are untested.",
+        "- The code is loaded with `trust_remote_code=True`: read the `.py` files in this repository first.",
+    ]
+    if local:
+        lines.append(
+            f"- The frozen model(s) {', '.join(f'`{m}`' for m in local)} were local paths when this model was "
+            "trained; unless this export includes them (`audio_model/`, `text_model/`), it loads only where they exist."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(
+    directory: Path,
+    checkpoint: Path,
+    *,
+    model_id: str | None = None,
+    eval_results: Path | None = None,
+    license: str = DEFAULT_LICENSE,
+) -> Path:
+    results = read_eval_results(eval_results) if eval_results is not None else None
+    card = build_card(checkpoint, model_id=model_id, eval_results=results, license=license)
+    path = directory / "README.md"
+    path.write_text(card)
+    return path

@@ -1,0 +1,50 @@
+"""A Gradio demo of a tiny-audio model: upload or record audio, watch the transcript appear token by token.
+
+Standalone on purpose: `ta space` copies this file verbatim as a Hugging Face Space's app.py, where
+only gradio and transformers (with the model's own code, loaded by trust_remote_code) are installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+from transformers import pipeline
+
+# A Space sets it in its settings, or `ta space` writes the repo id here.
+MODEL_ID = os.environ.get("TINY_AUDIO_MODEL", "")
+
+
+def load(model: str) -> Any:
+    return pipeline("automatic-speech-recognition", model=model, trust_remote_code=True)
+
+
+def build_demo(asr: Any, title: str = "Speech recognition", max_new_tokens: int = 128) -> gr.Blocks:
+    info = asr.model.describe()
+
+    def transcribe(path: str | None) -> Iterator[str]:
+        if not path:
+            raise gr.Error("Upload or record some audio first.")
+        try:
+            audio = asr.load_audio(path, label=os.path.basename(path))
+        except (ValueError, TypeError) as error:
+            raise gr.Error(str(error)) from None
+        yield from asr.model.stream(audio, max_new_tokens=max_new_tokens)
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"# {title}\nUpload a clip or record one (at most {info['max audio per clip']}), then transcribe.")
+        with gr.Row():
+            with gr.Column():
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
+                button = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
+            with gr.Column():
+                text = gr.Textbox(label="Transcript", elem_id="transcript", lines=4, interactive=False)
+                gr.Markdown("\n".join(["| model | |", "|---|---|", *(f"| {k} | `{v}` |" for k, v in info.items())]))
+        button.click(transcribe, audio, text)
+    return demo
+
+
+if __name__ == "__main__":
+    build_demo(load(MODEL_ID), title=MODEL_ID).launch()
