@@ -7,8 +7,8 @@ from transformers.utils import logging as transformers_logging
 
 from tiny_audio.data.cli import app as data_app
 from tiny_audio.evaluation.cli import app as evaluation_app
-from tiny_audio.miniature.cli import app as miniature_app
 from tiny_audio.export.cli import app as export_app
+from tiny_audio.miniature.cli import app as miniature_app
 from tiny_audio.remote.cli import app as runpod_app
 from tiny_audio.serve.cli import app as serve_app
 

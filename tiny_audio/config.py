@@ -242,6 +242,7 @@ class TrainingConfig:
     save_steps: int = 1000
     save_total_limit: int = 3
     eval_steps: int = 1000
+    eval_on_start: bool = False  # also evaluate before the first step (the untrained baseline)
     logging_steps: int = 25
     seed: int = 42
     bf16: bool = True

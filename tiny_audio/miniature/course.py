@@ -71,7 +71,7 @@ class StageResult:
 
 def stage_overrides(miniature: Miniature, settings: CourseSettings, stage: Stage, output_dir: Path) -> list[str]:
     """The command-line overrides of one stage: `python scripts/train.py` takes them as they are."""
-    dataset = f"{{path:'{miniature.speech}',train_splits:[train],eval_splits:[validation]}}"
+    dataset = f'{{path:"{miniature.speech}",train_splits:[train],eval_splits:[validation]}}'
     return [
         f"+experiments={stage.experiment}",
         f"model.audio_model_id={miniature.encoder}",
@@ -91,6 +91,7 @@ def stage_overrides(miniature: Miniature, settings: CourseSettings, stage: Stage
         f"training.per_device_eval_batch_size={settings.batch_size}",
         "training.gradient_accumulation_steps=1",
         f"training.eval_steps={settings.eval_steps}",
+        "training.eval_on_start=true",
         f"training.eval_wer_samples={settings.eval_clips}",
         f"training.save_steps={stage.steps}",
         "training.logging_steps=10",

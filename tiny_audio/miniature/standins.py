@@ -11,8 +11,11 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import soundfile as sf
@@ -80,14 +83,35 @@ def build_miniature(
         seed=spec.seed,
     )
     log(f"Speech: {written} clips in {miniature.speech} ({time.perf_counter() - started:.0f} s)")
-    stamp = spec.stamp()
-    if build_atomically(miniature.llm, stamp, lambda d: _build_llm(d, spec, log), rebuild=rebuild):
-        log(f"Built the miniature Qwen3 in {miniature.llm}")
-    if build_atomically(
-        miniature.encoder, stamp, lambda d: _build_encoder(d, miniature.speech, spec, log), rebuild=rebuild
-    ):
-        log(f"Built the miniature GLM-ASR encoder in {miniature.encoder}")
+    # The two pretrainings are independent: one process each, one thread each, so a 2-core laptop
+    # runs both at once and the weights do not depend on how many cores the machine has.
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        llm = pool.submit(_build_llm_once, miniature.llm, spec, rebuild)
+        with single_thread():
+            built = build_atomically(
+                miniature.encoder,
+                spec.stamp(),
+                lambda d: _build_encoder(d, miniature.speech, spec, log),
+                rebuild=rebuild,
+            )
+        log(f"{'Built' if built else 'Reusing'} the miniature GLM-ASR encoder: {miniature.encoder}")
+        log(f"{'Built' if llm.result() else 'Reusing'} the miniature Qwen3: {miniature.llm}")
     return miniature
+
+
+def _build_llm_once(path: Path, spec: MiniatureSpec, rebuild: bool) -> bool:
+    with single_thread():
+        return build_atomically(path, spec.stamp(), lambda d: _build_llm(d, spec, print), rebuild=rebuild)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def training_sentences(seed: int, draws: int = 20_000) -> list[str]:

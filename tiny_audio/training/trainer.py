@@ -181,6 +181,8 @@ class Trainer:
         timer = StepTimer()
         window: list[float] = []
         window_samples, window_start = 0, time.perf_counter()
+        if args.eval_on_start and self.state.step == 0:
+            self.evaluate()  # the untrained baseline: where the first curve point of WER starts
         while self.state.step < args.max_steps and not self._any_rank_stopping():
             loss, grad_norm, samples = self._train_step(batches)
             self.state.step += 1
