@@ -68,7 +68,7 @@ def test_the_copy_task_uses_the_speech_prompt_layout(tiny_fixtures) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_fixtures["qwen3"])
-    task = CopyTask(tokenizer, LlmRecipe(repeat_prob=0.0, drop_prob=0.0, swap_prob=0.0, plain_text_prob=1.0))
+    task = CopyTask(tokenizer, LlmRecipe(repeat_prob=0.0, plain_text_prob=1.0))
     import random
 
     ids, labels, in_copy = task.example("The cat, the dog.", random.Random(0))

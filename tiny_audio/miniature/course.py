@@ -45,9 +45,9 @@ class CourseSettings:
     """What the lesson trains; the defaults are the measured recipe in README's table."""
 
     stages: tuple[Stage, ...] = (
-        Stage("stage 1: projector", "mlp", 600, 1e-3, 30),
-        Stage("stage 2: LoRA", "mlp_lora", 150, 5e-4, 10),
-        Stage("stage 3: both", "mlp_fine_tune", 150, 2e-4, 10),
+        Stage("stage 1: projector", "mlp", 500, 3e-3, 30),
+        Stage("stage 2: LoRA", "mlp_lora", 100, 5e-4, 10),
+        Stage("stage 3: both", "mlp_fine_tune", 100, 3e-4, 10),
     )
     batch_size: int = 16
     eval_steps: int = 25

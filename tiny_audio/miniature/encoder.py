@@ -35,12 +35,12 @@ _NOT_IN_ALPHABET = re.compile(r"[^a-z' ]")
 
 @dataclass(frozen=True)
 class EncoderRecipe:
-    hidden_size: int = 144
+    hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 576
-    steps: int = 700
-    batch_size: int = 24
+    intermediate_size: int = 512
+    steps: int = 600
+    batch_size: int = 16
     learning_rate: float = 2e-3
     warmup_steps: int = 60
 
