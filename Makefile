@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 # several GB of CUDA wheels on machines that already have a suitable build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test lint
+.PHONY: setup course test lint
 
 $(BIN)/ta: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,10 @@ $(BIN)/ta: pyproject.toml
 
 setup: $(BIN)/ta
 
-# The embedded default: tiny random-weight models and synthetic speech (espeak-ng from pip), trained on the CPU.
-demo: setup
-	$(BIN)/ta fixtures build .fixtures/tiny
-	$(BIN)/ta data synth .data/synth
-	$(BIN)/python scripts/train.py +experiments=tiny
+# The embedded default: the course in miniature. Pretrained stand-in models and synthetic speech
+# are built once (cached), then the three training stages run on the CPU; ends with a plot.
+course: setup
+	$(BIN)/ta course
 
 lint: setup
 	$(BIN)/ruff check .

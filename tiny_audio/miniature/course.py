@@ -65,7 +65,7 @@ class StageResult:
     steps: int
     seconds: float
     best_wer: float | None
-    intelligible_step: int | None  # first evaluation with WER <= 50%
+    intelligible_step: int | None  # first evaluation with WER <= 50% after one above it
     held_out_wer: dict[str, float] = field(default_factory=dict)
 
 
@@ -169,7 +169,7 @@ def write_outputs(results: list[StageResult], miniature: Miniature, out_dir: Pat
 
 
 def summary_table(results: list[StageResult]) -> str:
-    header = "| stage | steps | time | best eval WER | first WER <= 50% | " + " | ".join(
+    header = "| stage | steps | time | best eval WER | WER fell below 50% | " + " | ".join(
         f"{split} WER ({what})" for split, what in HELD_OUT_SPLITS.items()
     )
     lines = [header + " |", "|" + "---|" * (5 + len(HELD_OUT_SPLITS))]

@@ -32,8 +32,14 @@ class StageCurves:
 
     @property
     def intelligible_step(self) -> int | None:
-        """The first evaluation (stage-local step) whose WER is at most `INTELLIGIBLE_WER`."""
-        return next((step - self.offset for step, wer in self.wer if wer <= INTELLIGIBLE_WER), None)
+        """The stage-local step of the first evaluation with WER <= `INTELLIGIBLE_WER`, after one above it."""
+        above = False
+        for step, wer in self.wer:
+            if wer > INTELLIGIBLE_WER:
+                above = True
+            elif above:
+                return step - self.offset
+        return None
 
 
 def stage_curves(output_dirs: Sequence[Path], names: Sequence[str] | None = None) -> list[StageCurves]:
@@ -75,7 +81,14 @@ def plot_stages(stages: Sequence[StageCurves], out: Path, title: str = "Training
         for axis in (loss_axis, wer_axis):
             if stage.offset:
                 axis.axvline(stage.offset, color="grey", ls="--", lw=1)
-        loss_axis.annotate(stage.name, (stage.offset, 1.0), xycoords=("data", "axes fraction"), va="top")
+        loss_axis.annotate(
+            f" {stage.name}",
+            (stage.offset, 0.97),
+            xycoords=("data", "axes fraction"),
+            va="top",
+            rotation=90,
+            fontsize=8,
+        )
     loss_axis.plot([], [], color="tab:blue", label="train loss")
     loss_axis.plot([], [], "o-", color="tab:orange", ms=3, label="eval loss")
     loss_axis.set_yscale("log")
