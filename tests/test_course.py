@@ -88,6 +88,12 @@ def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_minia
         recorded["pretraining"]["encoder"]["validation_cer"] == small_miniature.reports()["encoder"]["validation_cer"]
     )
 
+    # Run again (after Ctrl+C, or to add a stage): a finished stage is not trained twice.
+    lines: list[str] = []
+    again = run_course(small_miniature, settings, out, log=lines.append)
+    assert any("already trained" in line for line in lines) and not any(line.startswith("Step ") for line in lines)
+    assert again[0].held_out_wer == result.held_out_wer
+
     replot = CliRunner().invoke(app, ["plot", result.output_dir, "--out", str(tmp_path / "again.png")])
     assert replot.exit_code == 0, replot.output
     assert (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

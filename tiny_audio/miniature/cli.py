@@ -16,7 +16,7 @@ app = typer.Typer()
 def course_command(
     out: str = typer.Option("outputs/course", help="Where the stages' checkpoints, plot and summary go."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Stage-1 steps (stages 2 and 3 get a quarter each); default: the full lesson (600)."
+        None, "--steps", help="Stage-1 steps (later stages shrink in proportion); default: the full lesson, 1000."
     ),
     seed: int = typer.Option(0, help="Seed of the miniature models and their speech."),
     cache: str | None = typer.Option(
@@ -30,7 +30,13 @@ def course_command(
 ) -> None:
     """Train a working speech recognizer on a laptop CPU: stand-in models, synthetic speech, three stages."""
     from tiny_audio.miniature.cache import CacheError, cache_root
-    from tiny_audio.miniature.course import CourseSettings, run_course, summary_table, write_outputs
+    from tiny_audio.miniature.course import (
+        CourseInterrupted,
+        CourseSettings,
+        run_course,
+        summary_table,
+        write_outputs,
+    )
     from tiny_audio.miniature.standins import MiniatureSpec, build_miniature
 
     started = time.perf_counter()
@@ -45,7 +51,11 @@ def course_command(
     except CacheError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
-    results = run_course(miniature, settings, Path(out))
+    try:
+        results = run_course(miniature, settings, Path(out))
+    except CourseInterrupted as error:
+        typer.echo(f"\n{error}", err=True)
+        raise typer.Exit(130) from None
     seconds = time.perf_counter() - started
     plot, summary = write_outputs(results, miniature, Path(out), seconds)
     typer.echo("\n" + summary_table(results))
@@ -55,12 +65,13 @@ def course_command(
 
 
 def _scaled(settings, steps: int):
-    first, *later = settings.stages
-    quarter = max(1, steps // 4)
-    return (
-        dataclasses.replace(first, steps=steps, warmup_steps=min(first.warmup_steps, steps // 10)),
-        *(dataclasses.replace(s, steps=quarter, warmup_steps=min(s.warmup_steps, quarter // 10)) for s in later),
-    )
+    """Every stage shortened in proportion, so `--steps 200` is a fifth of the whole lesson."""
+    scale = steps / settings.stages[0].steps
+    stages = []
+    for stage in settings.stages:
+        n = max(1, round(stage.steps * scale))
+        stages.append(dataclasses.replace(stage, steps=n, warmup_steps=min(stage.warmup_steps, n // 10)))
+    return tuple(stages)
 
 
 @app.command("plot")

@@ -24,6 +24,7 @@ from tiny_audio.evaluation.wer import score
 from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.miniature.standins import Miniature
 from tiny_audio.model.build import load_pretrained
+from tiny_audio.training import checkpoints
 from tiny_audio.training.run import run
 
 HELD_OUT_SPLITS = {"validation": "unseen sentences", "validation_new_voice": "unseen sentences, unseen voice"}
@@ -45,12 +46,12 @@ class CourseSettings:
     """What the lesson trains; the defaults are the measured recipe in README's table."""
 
     stages: tuple[Stage, ...] = (
-        Stage("stage 1: projector", "mlp", 500, 3e-3, 30),
+        Stage("stage 1: projector", "mlp", 1000, 3e-3, 30),
         Stage("stage 2: LoRA", "mlp_lora", 100, 5e-4, 10),
         Stage("stage 3: both", "mlp_fine_tune", 100, 3e-4, 10),
     )
     batch_size: int = 16
-    eval_steps: int = 25
+    eval_steps: int = 50
     eval_clips: int = 48  # clips decoded at each evaluation during training
     seed: int = 42
     extra_overrides: tuple[str, ...] = ()  # any other config key, e.g. training.adam_beta2=0.95
@@ -103,34 +104,51 @@ def stage_overrides(miniature: Miniature, settings: CourseSettings, stage: Stage
     ]
 
 
+class CourseInterrupted(RuntimeError):
+    """A stage stopped early (Ctrl+C or SIGTERM); its checkpoint is saved and the course resumes from it."""
+
+
 def run_course(
     miniature: Miniature, settings: CourseSettings, out_dir: Path, log: Callable[[str], None] = print
 ) -> list[StageResult]:
+    """Train every stage, skipping the ones already finished in `out_dir` and resuming an interrupted one."""
     results: list[StageResult] = []
     previous: Path | None = None
     for number, stage in enumerate(settings.stages, start=1):
         output_dir = out_dir / f"stage{number}-{stage.experiment}"
-        overrides = stage_overrides(miniature, settings, stage, output_dir)
-        if previous is not None:
-            overrides.append(f"training.resume_from_checkpoint={previous}")
-        log(f"\n=== {stage.name.capitalize()} ({stage.experiment}, {stage.steps} steps) ===")
-        log("python scripts/train.py " + " ".join(shlex.quote(o) for o in overrides))
-        started = time.perf_counter()
-        run(load_config(overrides), log=log)
-        seconds = time.perf_counter() - started
-        previous = output_dir / f"checkpoint-{stage.steps}"
+        final = output_dir / f"checkpoint-{stage.steps}"
+        seconds = 0.0
+        if checkpoints.is_complete(final):
+            log(f"\n=== {stage.name.capitalize()}: already trained ({final}) ===")
+        else:
+            overrides = stage_overrides(miniature, settings, stage, output_dir)
+            if checkpoints.latest_checkpoint(output_dir) is not None:
+                overrides.append("training.resume_from_checkpoint=latest")  # an interrupted run of this stage
+            elif previous is not None:
+                overrides.append(f"training.resume_from_checkpoint={previous}")
+            log(f"\n=== {stage.name.capitalize()} ({stage.experiment}, {stage.steps} steps) ===")
+            log("python scripts/train.py " + " ".join(shlex.quote(o) for o in overrides))
+            started = time.perf_counter()
+            state = run(load_config(overrides), log=log)
+            seconds = time.perf_counter() - started
+            if state.step < stage.steps:
+                raise CourseInterrupted(
+                    f"{stage.name} stopped at step {state.step} of {stage.steps}; its checkpoint is saved: "
+                    "run the same command again to continue from there"
+                )
+        previous = final
         curves = stage_curves([output_dir])[0]
         wers = [w for _, w in curves.wer]
         result = StageResult(
             name=stage.name,
             experiment=stage.experiment,
             output_dir=str(output_dir),
-            checkpoint=str(previous),
+            checkpoint=str(final),
             steps=stage.steps,
             seconds=seconds,
             best_wer=min(wers) if wers else None,
             intelligible_step=curves.intelligible_step,
-            held_out_wer=held_out_wer(previous, miniature),
+            held_out_wer=held_out_wer(final, miniature),
         )
         log(f"{stage.name}: " + ", ".join(f"{split} WER {wer:.1%}" for split, wer in result.held_out_wer.items()))
         results.append(result)

@@ -42,7 +42,7 @@ REPORT_FILE = "pretraining.json"
 @dataclass(frozen=True)
 class MiniatureSpec:
     seed: int = 0
-    train_clips: int = 1600
+    train_clips: int = 3200  # about 2.5 passes in stage 1: fewer clips overfit (train loss 3x below eval)
     validation_clips: int = 100
     new_voice_clips: int = 100
     llm: LlmRecipe = field(default_factory=LlmRecipe)
