@@ -31,9 +31,10 @@ SMALL = MiniatureSpec(
     llm=LlmRecipe(steps=300),
     encoder=EncoderRecipe(steps=300),
 )
-# Measured on this budget (2-core CPU): held-out WER {BASELINE} before stage 1, {MEASURED} after
-# 120 steps. The bound leaves room for machine-to-machine differences and still fails if the
-# projector learns nothing, or if the LLM or encoder cannot be read through it.
+# Measured on this budget (2-core CPU; encoder CER 15%, LLM copies 98% of held-out sentences):
+# eval WER 87% at step 0, 43% at step 120, and 50% on all held-out clips after it. The bound leaves
+# room for other machines and still fails if the projector learns nothing, or if the LLM or the
+# encoder cannot be read through it (either keeps WER near or above 100%).
 REDUCED_STAGE_ONE_WER_BOUND = 0.6
 
 
@@ -79,6 +80,7 @@ def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_minia
     assert [r["step"] for r in evaluations] == [0, 40, 80, 120]
     assert evaluations[0]["eval/wer"] >= 0.8  # the untrained projector: gibberish
     assert result.held_out_wer["validation"] <= REDUCED_STAGE_ONE_WER_BOUND, result
+    assert evaluations[-1]["eval/wer"] <= evaluations[0]["eval/wer"] - 0.25, evaluations
     assert result.held_out_wer["validation_new_voice"] <= 1.0
     plot, summary = write_outputs(results, small_miniature, out, seconds=1.0)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
