@@ -93,7 +93,7 @@ def plot_stages(stages: Sequence[StageCurves], out: Path, title: str = "Training
     loss_axis.plot([], [], "o-", color="tab:orange", ms=3, label="eval loss")
     loss_axis.set_yscale("log")
     loss_axis.set_ylabel("loss (per target token)")
-    loss_axis.legend(loc="upper right")
+    loss_axis.legend(loc="lower left")
     loss_axis.set_title(title)
     wer_axis.set_ylabel("eval WER")
     wer_axis.set_xlabel("step")
