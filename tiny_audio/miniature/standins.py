@@ -82,7 +82,8 @@ def build_miniature(
         new_voice=spec.new_voice_clips,
         seed=spec.seed,
     )
-    log(f"Speech: {written} clips in {miniature.speech} ({time.perf_counter() - started:.0f} s)")
+    counts = ", ".join(f"{n} {split}" for split, n in written.items())
+    log(f"Speech: {counts} clips in {miniature.speech} ({time.perf_counter() - started:.0f} s)")
     # The two pretrainings are independent: one process each, one thread each, so a 2-core laptop
     # runs both at once and the weights do not depend on how many cores the machine has.
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
