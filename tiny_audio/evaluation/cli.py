@@ -5,13 +5,13 @@ Heavy imports (torch, transformers) wait inside the commands so that `ta --help`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from tiny_audio.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from tiny_audio.evaluation.registry import known_names
 
 if TYPE_CHECKING:
     from tiny_audio.model.speech_llm import SpeechLLM
@@ -53,49 +53,100 @@ def transcribe_files(
 
 
 @app.command("eval")
-def evaluate_dataset(
-    model: ModelArg,
-    dataset: Annotated[
-        str, typer.Option(help="Hub dataset id or local directory (audiofolder, parquet, jsonl or csv).")
+def evaluate(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Checkpoints (outputs/<experiment>/checkpoint-N; a glob gives one row per step), saved model "
+            "directories or Hub repo ids."
+        ),
     ],
-    name: Annotated[str | None, typer.Option(help="Dataset configuration, e.g. 'clean'.")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "validation",
-    audio_column: Annotated[str, typer.Option(help="Column holding the audio.")] = "audio",
-    text_column: Annotated[str, typer.Option(help="Column holding the reference transcript.")] = "text",
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "-d",
+            "--dataset",
+            help=f"Test sets, repeatable: one of {known_names()}; a local directory; or a Hub id (owner/name).",
+        ),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split of a local directory (default: test, validation or dev) or Hub id (default: test)."),
+    ] = None,
+    config: Annotated[str | None, typer.Option("--config", "--name", help="Config of a Hub id, e.g. 'clean'.")] = None,
+    audio_column: Annotated[str, typer.Option(help="Audio column of a local directory or Hub id.")] = "audio",
+    text_column: Annotated[str, typer.Option(help="Transcript column of a local directory or Hub id.")] = "text",
     num_samples: Annotated[
-        int, typer.Option("-n", "--num-samples", min=1, help="Score the first N usable samples.")
+        int, typer.Option("-n", "--num-samples", min=0, help="Score the first N usable samples of each set; 0: all.")
     ] = 100,
-    output: Annotated[Path, typer.Option(help="Per-sample results are written here as JSON.")] = Path("results.json"),
+    out: Annotated[
+        Path, typer.Option(help="Directory for results.json, results.md, samples.jsonl and wer_vs_step.*")
+    ] = Path("outputs/eval"),
+    worst: Annotated[
+        int, typer.Option(min=0, help="List the K highest-WER samples per model and test set, words aligned.")
+    ] = 0,
     max_new_tokens: MaxNewTokensOpt = DEFAULT_MAX_NEW_TOKENS,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
 ) -> None:
-    """Word error rate (normalised text, with substitution/insertion/deletion rates) on a dataset split."""
-    from tiny_audio.config import ConfigError
-    from tiny_audio.data.sources import DataSourceError
-    from tiny_audio.evaluation.dataset import eval_data_config, load_eval_samples, results_json
-    from tiny_audio.evaluation.transcribe import transcribe
-    from tiny_audio.evaluation.wer import score
+    """WER (Whisper-normalised and raw, with S/I/D), empty/looping rates and real-time factor: models x test sets."""
+    import gc
 
-    speech_llm = _load(model)
-    sample_rate = _sample_rate(speech_llm)
+    import torch
+
+    from tiny_audio.config import DataConfig
+    from tiny_audio.evaluation.compare import evaluate_model, order_models
+    from tiny_audio.evaluation.dataset import LoadedTestSet, TestSetUnavailable, load_test_set, probe_hub
+    from tiny_audio.evaluation.registry import UnknownTestSet, resolve
+    from tiny_audio.evaluation.report import details_table, results_json, wer_table, worst_markdown, write_outputs
+
     try:
-        cfg = eval_data_config(dataset, name, split, audio_column, text_column, sample_rate)
-        samples, skipped = load_eval_samples(cfg, num_samples)
-    except (ConfigError, DataSourceError) as error:
+        test_sets = resolve(dataset, split=split, config=config, audio_column=audio_column, text_column=text_column)
+        for test_set in test_sets:  # fail on an unreachable Hub set before any model or audio loads
+            if not Path(test_set.path).expanduser().is_dir():
+                probe_hub(test_set)
+    except (UnknownTestSet, TestSetUnavailable) as error:
         _fail(str(error))
-    if skipped.total:
-        typer.echo(skipped.summary())
-    if not samples:
-        _fail(f"split '{split}' of {dataset} has no usable samples to evaluate")
-    predictions = transcribe(
-        speech_llm, [s.audio for s in samples], sample_rate, batch_size=batch_size, max_new_tokens=max_new_tokens
-    )
-    report = score([s.text for s in samples], predictions)
-    typer.echo(report.summary())
-    settings = {"model": model, "dataset": dataset, "name": name, "split": split, "max_new_tokens": max_new_tokens}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results_json(report, samples, skipped, settings), indent=2) + "\n")
-    typer.echo(f"per-sample results: {output}")
+    limit = num_samples or None
+    # Test sets are read once per sample rate (every supported encoder takes 16 kHz, so once).
+    by_rate: dict[int, list[LoadedTestSet]] = {}
+
+    def loaded_at(rate: int) -> list[LoadedTestSet]:
+        if rate not in by_rate:
+            try:
+                by_rate[rate] = [load_test_set(t, rate, limit) for t in test_sets]
+            except TestSetUnavailable as error:
+                _fail(str(error))
+            for loaded in by_rate[rate]:
+                skipped = f"; {loaded.skipped.summary()}" if loaded.skipped.total else ""
+                typer.echo(f"{loaded.test_set.name}: {len(loaded.samples)} samples{skipped}", err=True)
+        return by_rate[rate]
+
+    loaded_at(DataConfig().sample_rate)
+    results, devices = [], []
+    for ref in order_models(models):
+        speech_llm = _load(ref.model)
+        device = str(next(speech_llm.parameters()).device)
+        typer.echo(f"decoding with {ref.model} on {device}", err=True)
+        results += evaluate_model(
+            speech_llm,
+            ref,
+            loaded_at(_sample_rate(speech_llm)),
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
+        devices.append((ref, device))
+        del speech_llm  # one model in memory at a time
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    settings = {"num_samples": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    first_sets = next(iter(by_rate.values()))
+    document = results_json(results, devices, first_sets, settings, worst)
+    written = write_outputs(out, document, results)
+    typer.echo("\n".join([*wer_table(document), "", *details_table(document)]))
+    if worst:
+        typer.echo("\n".join(worst_markdown(document["worst"])))
+    typer.echo("written: " + ", ".join(map(str, written)))
 
 
 def _load(model: str) -> SpeechLLM:
