@@ -13,17 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from huggingface_hub import constants as hub_constants
 from typer.testing import CliRunner
 
 from tests.data_helpers import sentence, write_audiofolder, write_corrupt_audiofolder
 from tiny_audio.config import Config, DataConfig, DatasetConfig, TrainingConfig
+from tiny_audio.data.skips import SkipLedger
 from tiny_audio.evaluation.cli import app
-from tiny_audio.evaluation.compare import order_models
+from tiny_audio.evaluation.compare import Result, model_ref, order_models
+from tiny_audio.evaluation.dataset import EvalSample, LoadedTestSet
 from tiny_audio.evaluation.normalize import raw
-from tiny_audio.evaluation.registry import ESB, GROUPS, TEST_SETS, UnknownTestSet, resolve
-from tiny_audio.evaluation.report import RATES
+from tiny_audio.evaluation.registry import ESB, GROUPS, TEST_SETS, TestSet, UnknownTestSet, resolve
+from tiny_audio.evaluation.report import RATES, details_table, results_json, wer_table, worst_samples
 from tiny_audio.evaluation.wer import score
 from tiny_audio.training.run import run
 
@@ -305,3 +308,60 @@ def test_undecodable_samples_are_skipped_and_counted(two_checkpoints: TwoCheckpo
     assert test_set["skipped"] == dict(sorted(expected.items(), key=lambda item: (-item[1], item[0])))
     assert f"skipped {sum(expected.values())} samples" in result.output
     assert "## Skipped samples" in (out / "results.md").read_text()
+
+
+# --- the report from hand-made transcripts (no model), where each WER is known ------------------
+
+
+def hand_made(model: str, set_name: str, pairs: list[tuple[str, str]], decode_seconds: float = 2.0) -> Result:
+    second = np.zeros(16000, dtype=np.float32)
+    samples = [EvalSample(f"{set_name}/{i}", second, ref) for i, (ref, _) in enumerate(pairs)]
+    loaded = LoadedTestSet(TestSet(set_name, "/data", None, "test"), samples, SkipLedger(), 16000)
+    references, predictions = [ref for ref, _ in pairs], [pred for _, pred in pairs]
+    return Result(
+        model=model_ref(model),
+        test_set=loaded,
+        predictions=predictions,
+        report=score(references, predictions),
+        raw_report=score(references, predictions, normalizer=raw),
+        decode_seconds=decode_seconds,
+    )
+
+
+def test_worst_ranks_samples_by_wer_then_errors() -> None:
+    result = hand_made(
+        "run/checkpoint-5",
+        "s",
+        [
+            ("a b c d", "a b c d"),  # 0
+            ("a b c d", "a b x y"),  # 0.5
+            ("a b", "x y"),  # 1.0, 2 errors
+            ("a b c d", "w x y z"),  # 1.0, 4 errors
+            ("a", "x y z"),  # 3.0
+        ],
+    )
+    worst = worst_samples(result, 3)
+    assert [(w["id"], w["wer"], w["errors"]) for w in worst] == [("s/4", 3.0, 3), ("s/3", 1.0, 4), ("s/2", 1.0, 2)]
+    assert worst[0]["alignment"].splitlines() == ["REF: * * a", "HYP: x y z", "     I I S"]
+    assert worst_samples(result, 0) == []
+
+
+def test_tables_put_each_wer_in_its_model_row_and_test_set_column() -> None:
+    results = [
+        hand_made("run/checkpoint-1", "first", [("a b c d", "a b c x")]),  # 25%
+        hand_made("run/checkpoint-1", "second", [("a b", "a x")]),  # 50%
+        hand_made("run/checkpoint-2", "first", [("a b c d", "a b c d")]),  # 0%
+        hand_made("run/checkpoint-2", "second", [("A b.", "a b")], decode_seconds=0.5),  # 0%, raw 100%
+    ]
+    models = [(model_ref("run/checkpoint-1"), "cpu"), (model_ref("run/checkpoint-2"), "cpu")]
+    document = results_json(results, models, [results[0].test_set, results[1].test_set], {"num_samples": 1}, 0)
+    assert wer_table(document) == [
+        "| model | step | first | second |",
+        "| --- | --- | --- | --- |",
+        "| run/checkpoint-1 | 1 | 25.0% | 50.0% |",
+        "| run/checkpoint-2 | 2 | 0.0% | 0.0% |",
+    ]
+    # WER, raw WER, sub, ins, del, empty, looping, then RTF (0.5 s for 1 s of audio) and samples/s
+    assert details_table(document)[-1] == (
+        "| run/checkpoint-2 | 2 | second | 1 | 0.0% | 100.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.500 | 2.00 |"
+    )
