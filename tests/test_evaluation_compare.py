@@ -7,6 +7,7 @@ that every number in it follows from the per-sample transcripts, not the model's
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from tiny_audio.config import Config, DataConfig, DatasetConfig, TrainingConfig
 from tiny_audio.data.skips import SkipLedger
 from tiny_audio.evaluation.cli import app
 from tiny_audio.evaluation.compare import Result, model_ref, order_models
-from tiny_audio.evaluation.dataset import EvalSample, LoadedTestSet
+from tiny_audio.evaluation.dataset import EvalSample, LoadedTestSet, load_test_set
 from tiny_audio.evaluation.normalize import raw
 from tiny_audio.evaluation.registry import ESB, GROUPS, TEST_SETS, TestSet, UnknownTestSet, resolve
 from tiny_audio.evaluation.report import RATES, details_table, results_json, wer_table, worst_samples
@@ -365,3 +366,27 @@ def test_tables_put_each_wer_in_its_model_row_and_test_set_column() -> None:
     assert details_table(document)[-1] == (
         "| run/checkpoint-2 | 2 | second | 1 | 0.0% | 100.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.500 | 2.00 |"
     )
+
+
+def test_loquacious_entry_reads_a_copy_laid_out_like_the_hub(tmp_path: Path) -> None:
+    """The README's `-d loquacious` with the Hub swapped for a local copy of the same layout and columns."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import soundfile as sf
+
+    from tests.data_helpers import tone
+
+    wavs = []
+    for i in range(3):
+        buffer = io.BytesIO()
+        sf.write(buffer, tone(1.0), 16000, format="WAV")
+        wavs.append({"bytes": buffer.getvalue(), "path": f"utt{i}.wav"})
+    (tmp_path / "dev").mkdir()
+    table = pa.table({"ID": [f"utt{i}" for i in range(3)], "wav": wavs, "text": [sentence(i) for i in range(3)]})
+    pq.write_table(table, tmp_path / "dev" / "dev-00000-of-00001.parquet")
+    entry = dataclasses.replace(TEST_SETS["loquacious-dev"], path=str(tmp_path))
+    loaded = load_test_set(entry, 16000, limit=2)
+    assert [s.text for s in loaded.samples] == [sentence(0), sentence(1)]
+    assert loaded.audio_seconds == pytest.approx(2.0) and loaded.skipped.total == 0
