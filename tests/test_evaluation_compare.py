@@ -390,3 +390,12 @@ def test_loquacious_entry_reads_a_copy_laid_out_like_the_hub(tmp_path: Path) -> 
     loaded = load_test_set(entry, 16000, limit=2)
     assert [s.text for s in loaded.samples] == [sentence(0), sentence(1)]
     assert loaded.audio_seconds == pytest.approx(2.0) and loaded.skipped.total == 0
+
+
+def test_a_missing_model_fails_before_anything_runs(two_checkpoints: TwoCheckpoints, tmp_path: Path) -> None:
+    missing = str(two_checkpoints.run_dir / "checkpoint-3")
+    good = str(two_checkpoints.run_dir / "checkpoint-2")
+    result = invoke(good, missing, "-d", str(two_checkpoints.set_a), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert f"cannot load model '{missing}': no such directory" in result.output
+    assert not (tmp_path / "out").exists()

@@ -106,6 +106,9 @@ def evaluate(
                 probe_hub(test_set)
     except (UnknownTestSet, TestSetUnavailable) as error:
         _fail(str(error))
+    for model in models:  # a mistyped checkpoint fails now, not after the models before it have run
+        if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
+            _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
     limit = num_samples or None
     # Test sets are read once per sample rate (every supported encoder takes 16 kHz, so once).
     by_rate: dict[int, list[LoadedTestSet]] = {}
