@@ -89,26 +89,29 @@ def evaluate(
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
 ) -> None:
     """WER (Whisper-normalised and raw, with S/I/D), empty/looping rates and real-time factor: models x test sets."""
+    from tiny_audio.evaluation.registry import TestSetUnavailable, UnknownTestSet, probe_hub, resolve
+
+    # Names, models and Hub access are checked before the heavy imports, so a typo or an
+    # unreachable set fails in a second rather than after torch loads.
+    try:
+        test_sets = resolve(dataset, split=split, config=config, audio_column=audio_column, text_column=text_column)
+        for test_set in test_sets:
+            probe_hub(test_set)
+    except (UnknownTestSet, TestSetUnavailable) as error:
+        _fail(str(error))
+    for model in models:  # a mistyped checkpoint fails now, not after the models before it have run
+        if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
+            _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
+
     import gc
 
     import torch
 
     from tiny_audio.config import DataConfig
     from tiny_audio.evaluation.compare import evaluate_model, order_models
-    from tiny_audio.evaluation.dataset import LoadedTestSet, TestSetUnavailable, load_test_set, probe_hub
-    from tiny_audio.evaluation.registry import UnknownTestSet, resolve
+    from tiny_audio.evaluation.dataset import LoadedTestSet, load_test_set
     from tiny_audio.evaluation.report import details_table, results_json, wer_table, worst_markdown, write_outputs
 
-    try:
-        test_sets = resolve(dataset, split=split, config=config, audio_column=audio_column, text_column=text_column)
-        for test_set in test_sets:  # fail on an unreachable Hub set before any model or audio loads
-            if not Path(test_set.path).expanduser().is_dir():
-                probe_hub(test_set)
-    except (UnknownTestSet, TestSetUnavailable) as error:
-        _fail(str(error))
-    for model in models:  # a mistyped checkpoint fails now, not after the models before it have run
-        if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
-            _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
     limit = num_samples or None
     # Test sets are read once per sample rate (every supported encoder takes 16 kHz, so once).
     by_rate: dict[int, list[LoadedTestSet]] = {}

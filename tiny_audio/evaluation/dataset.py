@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from huggingface_hub import HfApi
-from huggingface_hub import constants as hub_constants
 
 from tiny_audio.config import ConfigError, DataConfig, DatasetConfig
 from tiny_audio.data.samples import prepare_sample
 from tiny_audio.data.skips import SkipLedger, Unusable
 from tiny_audio.data.sources import DataSourceError, eval_records
-from tiny_audio.evaluation.registry import TestSet
-
-# The Hub answers in well under a second; anything slower is treated as unreachable.
-HUB_PROBE_TIMEOUT_S = 10.0
-
-
-class TestSetUnavailable(ValueError):
-    """A test set that cannot be opened; the message names it, its source and split, and the fix."""
-
-    __test__ = False
+from tiny_audio.evaluation.registry import TestSet, TestSetUnavailable, hint, probe_hub
 
 
 @dataclass(frozen=True)
@@ -90,8 +78,7 @@ def load_eval_samples(cfg: DataConfig, limit: int | None) -> tuple[list[EvalSamp
 
 def load_test_set(test_set: TestSet, sample_rate: int, limit: int | None) -> LoadedTestSet:
     """The first `limit` usable samples of `test_set`, or TestSetUnavailable at once if it cannot be read."""
-    if not Path(test_set.path).expanduser().is_dir():
-        probe_hub(test_set)
+    probe_hub(test_set)
     try:
         cfg = eval_data_config(
             test_set.path, test_set.config, test_set.split, test_set.audio_column, test_set.text_column, sample_rate
@@ -101,36 +88,10 @@ def load_test_set(test_set: TestSet, sample_rate: int, limit: int | None) -> Loa
     # files (DatasetNotFoundError, HfHubHTTPError and ConnectionError all derive from it).
     except (ConfigError, DataSourceError, OSError) as error:
         raise TestSetUnavailable(
-            f"cannot read test set '{test_set.name}' from {test_set.source}: {error}; {_hint(test_set)}"
+            f"cannot read test set '{test_set.name}' from {test_set.source}: {error}; {hint(test_set)}"
         ) from error
     if not samples:
         raise TestSetUnavailable(
             f"test set '{test_set.name}' ({test_set.source}) has no usable samples: {skipped.summary()}"
         )
     return LoadedTestSet(test_set, samples, skipped, sample_rate)
-
-
-def probe_hub(test_set: TestSet) -> None:
-    """One request, no retries: `datasets` would retry an unreachable Hub for half a minute per file.
-
-    Skipped in offline mode (HF_HUB_OFFLINE=1), where `datasets` reads its cache and fails at once.
-    """
-    if hub_constants.HF_HUB_OFFLINE:
-        return
-    try:
-        HfApi().dataset_info(test_set.path, timeout=HUB_PROBE_TIMEOUT_S)
-    # Any failure of this one request (no network, DNS, HTTP 401/403/404, timeout) means the set
-    # cannot be read; the error's type and message are passed on, not swallowed.
-    except Exception as error:
-        raise TestSetUnavailable(
-            f"cannot reach test set '{test_set.name}' ({test_set.source}) on the Hub at {hub_constants.ENDPOINT}: "
-            f"{type(error).__name__}: {error}; {_hint(test_set)}"
-        ) from error
-
-
-def _hint(test_set: TestSet) -> str:
-    if Path(test_set.path).expanduser().is_dir():
-        return "check the directory's splits and columns (--split, --audio-column, --text-column)"
-    if test_set.gated:
-        return f"accept the terms on https://huggingface.co/datasets/{test_set.path} and log in with `hf auth login`"
-    return "check the network and the id, or set HF_HUB_OFFLINE=1 to read a cached copy"

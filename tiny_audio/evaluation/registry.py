@@ -16,12 +16,20 @@ from pathlib import Path
 from tiny_audio.data.local import find_local_splits
 
 ESB = "hf-audio/esb-datasets-test-only-sorted"
+# The Hub answers in well under a second; anything slower is treated as unreachable.
+HUB_PROBE_TIMEOUT_S = 10.0
 # Without --split, a local directory is scored on the first of these it has.
 LOCAL_SPLIT_PREFERENCE = ("test", "validation", "dev")
 
 
 class UnknownTestSet(ValueError):
     """A -d value that is neither a registered name, a local directory nor a Hub id."""
+
+
+class TestSetUnavailable(ValueError):
+    """A test set that cannot be opened; the message names it, its source and split, and the fix."""
+
+    __test__ = False
 
 
 @dataclass(frozen=True)
@@ -126,3 +134,37 @@ def _default_local_split(directory: Path) -> str:
         if available
         else f"{directory} holds no split: expected <split>/metadata.csv (audiofolder), <split>.jsonl or parquet files"
     )
+
+
+def probe_hub(test_set: TestSet) -> None:
+    """For a Hub set, one request, no retries: `datasets` would retry an unreachable Hub for half a minute.
+
+    Skipped in offline mode (HF_HUB_OFFLINE=1), where `datasets` reads its cache and fails at once.
+    """
+    # Imported here: `ta --help` reads this module and should not pay for the Hub client.
+    from huggingface_hub import HfApi
+    from huggingface_hub import constants as hub_constants
+
+    if Path(test_set.path).expanduser().is_dir() or hub_constants.HF_HUB_OFFLINE:
+        return
+    try:
+        HfApi().dataset_info(test_set.path, timeout=HUB_PROBE_TIMEOUT_S)
+    # Any failure of this one request (no network, DNS, HTTP 401/403/404, timeout) means the set
+    # cannot be read; the error's type and message are passed on, not swallowed.
+    except Exception as error:
+        raise TestSetUnavailable(
+            f"cannot reach test set '{test_set.name}' ({test_set.source}) on the Hub at {hub_constants.ENDPOINT}: "
+            f"{type(error).__name__}: {error}; {hint(test_set)}"
+        ) from error
+
+
+def hint(test_set: TestSet) -> str:
+    if Path(test_set.path).expanduser().is_dir():
+        return "check the directory's splits and columns (--split, --audio-column, --text-column)"
+    if test_set.gated:
+        return f"accept the terms on https://huggingface.co/datasets/{test_set.path} and log in with `hf auth login`"
+    from huggingface_hub import constants as hub_constants
+
+    if hub_constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE=1 reads only the local cache: run once with the network to fill it"
+    return "check the network and the id, or set HF_HUB_OFFLINE=1 to read a cached copy"
