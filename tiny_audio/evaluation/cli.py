@@ -103,52 +103,25 @@ def evaluate(
         if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
             _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
 
-    import gc
-
-    import torch
-
-    from tiny_audio.config import DataConfig
-    from tiny_audio.evaluation.compare import evaluate_model, order_models
-    from tiny_audio.evaluation.dataset import LoadedTestSet, load_test_set
+    from tiny_audio.evaluation.compare import compare, order_models
     from tiny_audio.evaluation.report import details_table, results_json, wer_table, worst_markdown, write_outputs
 
     limit = num_samples or None
-    # Test sets are read once per sample rate (every supported encoder takes 16 kHz, so once).
-    by_rate: dict[int, list[LoadedTestSet]] = {}
-
-    def loaded_at(rate: int) -> list[LoadedTestSet]:
-        if rate not in by_rate:
-            try:
-                by_rate[rate] = [load_test_set(t, rate, limit) for t in test_sets]
-            except TestSetUnavailable as error:
-                _fail(str(error))
-            for loaded in by_rate[rate]:
-                skipped = f"; {loaded.skipped.summary()}" if loaded.skipped.total else ""
-                typer.echo(f"{loaded.test_set.name}: {len(loaded.samples)} samples{skipped}", err=True)
-        return by_rate[rate]
-
-    loaded_at(DataConfig().sample_rate)
-    results, devices = [], []
-    for ref in order_models(models):
-        speech_llm = _load(ref.model)
-        device = str(next(speech_llm.parameters()).device)
-        typer.echo(f"decoding with {ref.model} on {device}", err=True)
-        results += evaluate_model(
-            speech_llm,
-            ref,
-            loaded_at(_sample_rate(speech_llm)),
+    try:
+        comparison = compare(
+            order_models(models),
+            test_sets,
+            _load,
+            limit=limit,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
+            log=lambda line: typer.echo(line, err=True),
         )
-        devices.append((ref, device))
-        del speech_llm  # one model in memory at a time
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    except TestSetUnavailable as error:
+        _fail(str(error))
     settings = {"num_samples": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    first_sets = next(iter(by_rate.values()))
-    document = results_json(results, devices, first_sets, settings, worst)
-    written = write_outputs(out, document, results)
+    document = results_json(comparison.results, comparison.devices, comparison.test_sets, settings, worst)
+    written = write_outputs(out, document, comparison.results)
     typer.echo("\n".join([*wer_table(document), "", *details_table(document)]))
     if worst:
         typer.echo("\n".join(worst_markdown(document["worst"])))

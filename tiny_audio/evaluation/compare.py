@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from collections.abc import Callable
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-from tiny_audio.evaluation.dataset import LoadedTestSet
+from tiny_audio.config import DataConfig
+from tiny_audio.evaluation.dataset import LoadedTestSet, load_test_set
 from tiny_audio.evaluation.normalize import raw
+from tiny_audio.evaluation.registry import TestSet
 from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.evaluation.wer import WerReport, score
 from tiny_audio.model.speech_llm import SpeechLLM
@@ -66,6 +69,57 @@ class Result:
     @property
     def samples_per_second(self) -> float:
         return len(self.predictions) / self.decode_seconds
+
+
+@dataclass(frozen=True)
+class Comparison:
+    results: list[Result]  # models outer, test sets inner
+    devices: list[tuple[ModelRef, str]]  # where each model decoded
+    test_sets: list[LoadedTestSet]
+
+
+def compare(
+    refs: list[ModelRef],
+    test_sets: list[TestSet],
+    load: Callable[[str], SpeechLLM],
+    *,
+    limit: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    log: Callable[[str], None] = print,
+) -> Comparison:
+    """Every model on the same samples of every test set, one model in memory at a time.
+
+    Test sets are read before the first model loads, so a bad one fails early, and once per
+    sample rate (every supported encoder takes 16 kHz, so once).
+    """
+    by_rate: dict[int, list[LoadedTestSet]] = {}
+
+    def loaded_at(rate: int) -> list[LoadedTestSet]:
+        if rate not in by_rate:
+            by_rate[rate] = [load_test_set(t, rate, limit) for t in test_sets]
+            for loaded in by_rate[rate]:
+                skipped = f"; {loaded.skipped.summary()}" if loaded.skipped.total else ""
+                log(f"{loaded.test_set.name}: {len(loaded.samples)} samples{skipped}")
+        return by_rate[rate]
+
+    first = loaded_at(DataConfig().sample_rate)
+    results: list[Result] = []
+    devices: list[tuple[ModelRef, str]] = []
+    for ref in refs:
+        speech_llm = load(ref.model)
+        device = str(next(speech_llm.parameters()).device)
+        log(f"decoding with {ref.model} on {device}")
+        rate = int(speech_llm.encoder.feature_extractor.sampling_rate)
+        results += evaluate_model(
+            speech_llm, ref, loaded_at(rate), batch_size=batch_size, max_new_tokens=max_new_tokens
+        )
+        devices.append((ref, device))
+        del speech_llm  # free it before the next model loads
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return Comparison(results, devices, first)
 
 
 def evaluate_model(
