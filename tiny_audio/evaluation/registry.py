@@ -1,4 +1,4 @@
-"""Named English test sets for `ta eval -d NAME`, and how a name, a local directory or a Hub id becomes one.
+"""Named English test sets for `ta eval -d NAME`: how a name, directory or Hub id becomes one, and if it is reachable.
 
 Each entry was checked against its dataset card (configs, splits, column names). The ESB sets
 come from `hf-audio/esb-datasets-test-only-sorted`, the parquet copy of the Open ASR Leaderboard's
