@@ -163,15 +163,18 @@ def test_ta_transcribe_prints_one_line_per_file(short_run: ShortRun) -> None:
 
 
 def test_ta_eval_writes_per_sample_results(short_run: ShortRun, tmp_path: Path) -> None:
-    output = tmp_path / "out" / "results.json"
-    args = ["eval", str(short_run.checkpoint), "--dataset", str(short_run.data), "-n", "3", "--output", str(output)]
+    out = tmp_path / "out"
+    args = ["eval", str(short_run.checkpoint), "--dataset", str(short_run.data), "-n", "3", "--out", str(out)]
     result = CliRunner().invoke(app, [*args, "--max-new-tokens", "6"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("WER ") and f"per-sample results: {output}" in result.stdout
-    results = json.loads(output.read_text())
-    assert results["num_samples"] == 3 and results["split"] == "validation" and results["skipped"] == {}
-    assert {"wer", "substitution_rate", "insertion_rate", "deletion_rate", "empty_rate", "looping_rate"} <= set(results)
-    samples = results["samples"]
+    assert result.stdout.startswith("| model | step | data:validation |")
+    assert f"written: {out / 'results.json'}, {out / 'results.md'}, {out / 'samples.jsonl'}" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    (test_set,) = results["test_sets"]
+    assert test_set["num_samples"] == 3 and test_set["split"] == "validation" and test_set["skipped"] == {}
+    (row,) = results["results"]
+    assert {"wer", "substitution_rate", "insertion_rate", "deletion_rate", "empty_rate", "looping_rate"} <= set(row)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["reference"] for s in samples] == [sentence(i) for i in range(3)]
     assert all(s["id"].endswith(f"clip_000{i}.wav") for i, s in enumerate(samples))
     assert all({"prediction", "wer", "substitutions", "insertions", "deletions"} <= s.keys() for s in samples)

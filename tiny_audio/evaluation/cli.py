@@ -5,13 +5,13 @@ Heavy imports (torch, transformers) wait inside the commands so that `ta --help`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from tiny_audio.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from tiny_audio.evaluation.registry import known_names
 
 if TYPE_CHECKING:
     from tiny_audio.model.speech_llm import SpeechLLM
@@ -53,49 +53,79 @@ def transcribe_files(
 
 
 @app.command("eval")
-def evaluate_dataset(
-    model: ModelArg,
-    dataset: Annotated[
-        str, typer.Option(help="Hub dataset id or local directory (audiofolder, parquet, jsonl or csv).")
+def evaluate(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Checkpoints (outputs/<experiment>/checkpoint-N; a glob gives one row per step), saved model "
+            "directories or Hub repo ids."
+        ),
     ],
-    name: Annotated[str | None, typer.Option(help="Dataset configuration, e.g. 'clean'.")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "validation",
-    audio_column: Annotated[str, typer.Option(help="Column holding the audio.")] = "audio",
-    text_column: Annotated[str, typer.Option(help="Column holding the reference transcript.")] = "text",
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "-d",
+            "--dataset",
+            help=f"Test sets, repeatable: one of {known_names()}; a local directory; or a Hub id (owner/name).",
+        ),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split of a local directory (default: test, validation or dev) or Hub id (default: test)."),
+    ] = None,
+    config: Annotated[str | None, typer.Option("--config", "--name", help="Config of a Hub id, e.g. 'clean'.")] = None,
+    audio_column: Annotated[str, typer.Option(help="Audio column of a local directory or Hub id.")] = "audio",
+    text_column: Annotated[str, typer.Option(help="Transcript column of a local directory or Hub id.")] = "text",
     num_samples: Annotated[
-        int, typer.Option("-n", "--num-samples", min=1, help="Score the first N usable samples.")
+        int, typer.Option("-n", "--num-samples", min=0, help="Score the first N usable samples of each set; 0: all.")
     ] = 100,
-    output: Annotated[Path, typer.Option(help="Per-sample results are written here as JSON.")] = Path("results.json"),
+    out: Annotated[
+        Path, typer.Option(help="Directory for results.json, results.md, samples.jsonl and wer_vs_step.*")
+    ] = Path("outputs/eval"),
+    worst: Annotated[
+        int, typer.Option(min=0, help="List the K highest-WER samples per model and test set, words aligned.")
+    ] = 0,
     max_new_tokens: MaxNewTokensOpt = DEFAULT_MAX_NEW_TOKENS,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
 ) -> None:
-    """Word error rate (normalised text, with substitution/insertion/deletion rates) on a dataset split."""
-    from tiny_audio.config import ConfigError
-    from tiny_audio.data.sources import DataSourceError
-    from tiny_audio.evaluation.dataset import eval_data_config, load_eval_samples, results_json
-    from tiny_audio.evaluation.transcribe import transcribe
-    from tiny_audio.evaluation.wer import score
+    """WER (Whisper-normalised and raw, with S/I/D), empty/looping rates and real-time factor: models x test sets."""
+    from tiny_audio.evaluation.registry import TestSetUnavailable, UnknownTestSet, probe_hub, resolve
 
-    speech_llm = _load(model)
-    sample_rate = _sample_rate(speech_llm)
+    # Names, models and Hub access are checked before the heavy imports, so a typo or an
+    # unreachable set fails in a second rather than after torch loads.
     try:
-        cfg = eval_data_config(dataset, name, split, audio_column, text_column, sample_rate)
-        samples, skipped = load_eval_samples(cfg, num_samples)
-    except (ConfigError, DataSourceError) as error:
+        test_sets = resolve(dataset, split=split, config=config, audio_column=audio_column, text_column=text_column)
+        for test_set in test_sets:
+            probe_hub(test_set)
+    except (UnknownTestSet, TestSetUnavailable) as error:
         _fail(str(error))
-    if skipped.total:
-        typer.echo(skipped.summary())
-    if not samples:
-        _fail(f"split '{split}' of {dataset} has no usable samples to evaluate")
-    predictions = transcribe(
-        speech_llm, [s.audio for s in samples], sample_rate, batch_size=batch_size, max_new_tokens=max_new_tokens
-    )
-    report = score([s.text for s in samples], predictions)
-    typer.echo(report.summary())
-    settings = {"model": model, "dataset": dataset, "name": name, "split": split, "max_new_tokens": max_new_tokens}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results_json(report, samples, skipped, settings), indent=2) + "\n")
-    typer.echo(f"per-sample results: {output}")
+    for model in models:  # a mistyped checkpoint fails now, not after the models before it have run
+        if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
+            _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
+
+    from tiny_audio.evaluation.compare import compare, order_models
+    from tiny_audio.evaluation.report import details_table, results_json, wer_table, worst_markdown, write_outputs
+
+    limit = num_samples or None
+    try:
+        comparison = compare(
+            order_models(models),
+            test_sets,
+            _load,
+            limit=limit,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            log=lambda line: typer.echo(line, err=True),
+        )
+    except TestSetUnavailable as error:
+        _fail(str(error))
+    settings = {"num_samples": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    document = results_json(comparison.results, comparison.devices, comparison.test_sets, settings, worst)
+    written = write_outputs(out, document, comparison.results)
+    typer.echo("\n".join([*wer_table(document), "", *details_table(document)]))
+    if worst:
+        typer.echo("\n".join(worst_markdown(document["worst"])))
+    typer.echo("written: " + ", ".join(map(str, written)))
 
 
 def _load(model: str) -> SpeechLLM:

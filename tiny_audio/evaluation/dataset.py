@@ -1,17 +1,16 @@
-"""Evaluate a model on one split of any dataset the training data layer can read; results as JSON."""
+"""Read a test set through the training data layer: the first N usable samples, skipped ones counted by reason."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from tiny_audio.config import DataConfig, DatasetConfig
+from tiny_audio.config import ConfigError, DataConfig, DatasetConfig
 from tiny_audio.data.samples import prepare_sample
 from tiny_audio.data.skips import SkipLedger, Unusable
-from tiny_audio.data.sources import eval_records
-from tiny_audio.evaluation.wer import WerReport
+from tiny_audio.data.sources import DataSourceError, eval_records
+from tiny_audio.evaluation.registry import TestSet, TestSetUnavailable, hint, probe_hub
 
 
 @dataclass(frozen=True)
@@ -19,6 +18,18 @@ class EvalSample:
     sample_id: str  # dataset/split/file name (or a content hash), as the data layer names it
     audio: np.ndarray
     text: str
+
+
+@dataclass(frozen=True)
+class LoadedTestSet:
+    test_set: TestSet
+    samples: list[EvalSample]
+    skipped: SkipLedger
+    sample_rate: int
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(len(s.audio) for s in self.samples) / self.sample_rate
 
 
 def eval_data_config(
@@ -45,8 +56,8 @@ def eval_data_config(
     return cfg
 
 
-def load_eval_samples(cfg: DataConfig, limit: int) -> tuple[list[EvalSample], SkipLedger]:
-    """The first `limit` usable samples of the eval splits, and the records skipped on the way, by reason.
+def load_eval_samples(cfg: DataConfig, limit: int | None) -> tuple[list[EvalSample], SkipLedger]:
+    """The first `limit` usable samples of the eval splits (all when None), and the records skipped, by reason.
 
     Records are read here rather than through the eval stream because results name each sample
     by its id, which the stream does not pass on.
@@ -65,28 +76,22 @@ def load_eval_samples(cfg: DataConfig, limit: int) -> tuple[list[EvalSample], Sk
     return samples, skipped
 
 
-def results_json(
-    report: WerReport, samples: list[EvalSample], skipped: SkipLedger, settings: dict[str, Any]
-) -> dict[str, Any]:
-    """Settings, overall metrics, skip counts, and one entry per sample in dataset order."""
-    return {
-        **settings,
-        "num_samples": len(report.samples),
-        "reference_words": report.reference_words,
-        **report.metrics(prefix=""),
-        "skipped": skipped.counts(),
-        "samples": [
-            {
-                "id": sample.sample_id,
-                "reference": scored.reference,
-                "prediction": scored.prediction,
-                "wer": scored.wer,
-                "substitutions": scored.substitutions,
-                "insertions": scored.insertions,
-                "deletions": scored.deletions,
-                "empty": scored.empty,
-                "looping": scored.looping,
-            }
-            for sample, scored in zip(samples, report.samples, strict=True)
-        ],
-    }
+def load_test_set(test_set: TestSet, sample_rate: int, limit: int | None) -> LoadedTestSet:
+    """The first `limit` usable samples of `test_set`, or TestSetUnavailable at once if it cannot be read."""
+    probe_hub(test_set)
+    try:
+        cfg = eval_data_config(
+            test_set.path, test_set.config, test_set.split, test_set.audio_column, test_set.text_column, sample_rate
+        )
+        samples, skipped = load_eval_samples(cfg, limit)
+    # OSError covers what `datasets` and the Hub client raise for missing, gated or unreachable
+    # files (DatasetNotFoundError, HfHubHTTPError and ConnectionError all derive from it).
+    except (ConfigError, DataSourceError, OSError) as error:
+        raise TestSetUnavailable(
+            f"cannot read test set '{test_set.name}' from {test_set.source}: {error}; {hint(test_set)}"
+        ) from error
+    if not samples:
+        raise TestSetUnavailable(
+            f"test set '{test_set.name}' ({test_set.source}) has no usable samples: {skipped.summary()}"
+        )
+    return LoadedTestSet(test_set, samples, skipped, sample_rate)

@@ -2,7 +2,8 @@
 
 Rates are corpus-level: errors of each kind over all reference words, so long utterances weigh
 more than short ones (as in every published WER). References and predictions are normalised with
-`normalize` first.
+`normalize` (Whisper's English normaliser) first; `score(..., normalizer=raw)` gives the
+unnormalised WER instead.
 
 A prediction is *empty* when nothing is left after normalisation. It is *looping* when the decoder
 got stuck repeating itself: some run of words (one word or a phrase of any length) occurs at
@@ -13,7 +14,7 @@ or it has more than `LOOP_LENGTH_RATIO` times as many words as the reference (a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jiwer
@@ -95,17 +96,20 @@ class WerReport:
         )
 
 
-def score(references: Sequence[str], predictions: Sequence[str]) -> WerReport:
+def score(
+    references: Sequence[str], predictions: Sequence[str], normalizer: Callable[[str], str] = normalize
+) -> WerReport:
     """Normalise each pair, align it with jiwer, and flag empty and looping predictions."""
     if len(references) != len(predictions):
         raise ValueError(f"{len(references)} references but {len(predictions)} predictions; they must pair up")
     if not references:
         raise ValueError("no samples to score")
-    return WerReport([score_sample(ref, pred) for ref, pred in zip(references, predictions, strict=True)])
+    pairs = zip(references, predictions, strict=True)
+    return WerReport([score_sample(ref, pred, normalizer) for ref, pred in pairs])
 
 
-def score_sample(reference: str, prediction: str) -> SampleScore:
-    ref_words, pred_words = normalize(reference).split(), normalize(prediction).split()
+def score_sample(reference: str, prediction: str, normalizer: Callable[[str], str] = normalize) -> SampleScore:
+    ref_words, pred_words = normalizer(reference).split(), normalizer(prediction).split()
     aligned = jiwer.process_words(" ".join(ref_words), " ".join(pred_words))
     return SampleScore(
         reference=reference,
@@ -137,3 +141,11 @@ def longest_repeat(words: Sequence[str]) -> int:
                 repeats, next_start = repeats + 1, next_start + size
             best = max(best, repeats)
     return best
+
+
+def align(reference: str, prediction: str, normalizer: Callable[[str], str] = normalize) -> str:
+    """jiwer's word alignment of the normalised pair: REF and HYP lines, then S/I/D marks under each error."""
+    aligned = jiwer.process_words(normalizer(reference) or "", normalizer(prediction) or "")
+    lines = jiwer.visualize_alignment(aligned, show_measures=False, skip_correct=False).splitlines()
+    # Drop jiwer's "=== SENTENCE 1 ===" header and blank lines: one pair needs neither.
+    return "\n".join(line.rstrip() for line in lines if line.strip() and not line.startswith("==="))
