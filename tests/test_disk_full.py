@@ -193,3 +193,23 @@ def test_a_full_disk_while_tracking_and_pushing_corrupts_nothing(
     else:
         assert hub.api.uploads == []
         assert any(line.startswith("warning: could not stage checkpoint-2 for the Hub upload") for line in lines)
+
+
+def test_a_tracker_write_on_a_full_disk_is_one_line_and_never_hides_an_earlier_error(small_disk: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    output_dir = small_disk / "run"
+    writer = SummaryWriter(str(output_dir))
+    fill(small_disk)
+    expected = r"the tracker logs could not be written; no complete checkpoint"
+    with pytest.raises(DiskFullError, match=expected), run_module.full_disk_reported(output_dir, "the tracker logs"):
+        for step in range(10000):
+            writer.add_scalar("train/loss", 1.0, step)
+        writer.flush()
+    # Closing the tracker after another failure fails again on the full disk: the first error wins.
+    with pytest.raises(KeyError, match="the first error"):
+        try:
+            raise KeyError("the first error")
+        finally:
+            with run_module.full_disk_reported(output_dir, "the tracker logs"), run_module._unless_failing():
+                writer.close()
