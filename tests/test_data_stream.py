@@ -1,9 +1,14 @@
+import io
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from data_helpers import write_audiofolder, write_corrupt_audiofolder
+import soundfile as sf
+from data_helpers import sentence, tone, write_audiofolder, write_corrupt_audiofolder
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -168,3 +173,127 @@ def test_resume_of_an_interleaved_mix(tmp_path: Path) -> None:
     resumed = iter(restored)
     assert [item["text"] for _ in range(3) for item in next(resumed)] == rest
     assert not set(seen) & set(rest)
+
+
+# --- resume: the same records, in the same order, as a run never interrupted ----------------
+
+
+@pytest.fixture(scope="module")
+def forty(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 clips behind one metadata.csv: a single shard, so workers split it record by record."""
+    return write_audiofolder(tmp_path_factory.mktemp("forty"), {"train": 40}, seconds=0.5)
+
+
+def read_texts(cfg: DataConfig, *, workers: int, batches: int, stop_after: int | None = None) -> list[str]:
+    """Texts of `batches` batches of one; with `stop_after`, the loader is checkpointed there and
+    a fresh loader (fresh worker processes) restored from that checkpoint reads the rest."""
+
+    def loader() -> StatefulDataLoader:
+        return StatefulDataLoader(build_train_stream(cfg), batch_size=1, num_workers=workers, collate_fn=as_list)
+
+    first = loader()
+    batches_iter = iter(first)
+    texts = [next(batches_iter)[0]["text"] for _ in range(stop_after or batches)]
+    if stop_after is None:
+        return texts
+    state = first.state_dict()
+    del batches_iter, first
+    second = loader()
+    second.load_state_dict(state)
+    resumed = iter(second)
+    return texts + [next(resumed)[0]["text"] for _ in range(batches - stop_after)]
+
+
+@pytest.mark.parametrize(
+    ("workers", "buffer", "overrides"),
+    [
+        (2, 4, {}),  # the workers have served 3 and 2 batches at the checkpoint
+        (3, 4, {}),
+        (2, 1000, {}),  # a buffer larger than the data: the whole pass sits in it
+        (2, 4, {"max_train_samples": 30}),
+        (2, 4, {"streaming": False}),  # a map-style split: 40 shards, split shard by shard
+        (0, 4, {}),
+    ],
+)
+def test_resume_reads_exactly_what_an_uninterrupted_run_reads(
+    forty: Path, workers: int, buffer: int, overrides: dict[str, object]
+) -> None:
+    cfg = data_config(forty, shuffle_buffer=buffer, num_workers=workers, seed=7, **overrides)
+    per_pass = overrides.get("max_train_samples", 40)
+    total = 2 * per_pass + 5  # across two pass boundaries
+    expected = read_texts(cfg, workers=workers, batches=total)
+    # Every record once per pass (a pass is a permutation of the capped set), then the same set again.
+    assert len(set(expected[:per_pass])) == per_pass
+    assert set(expected) == set(expected[:per_pass])
+    for stop_after in (5, per_pass + 3):
+        assert read_texts(cfg, workers=workers, batches=total, stop_after=stop_after) == expected, stop_after
+
+
+def write_parquet_shards(directory: Path, shards: int, rows: int) -> Path:
+    """Hub-style `data/train-0000k-of-0000n.parquet` with embedded audio, in row groups of 3."""
+    features = {"audio": {"_type": "Audio"}, "text": {"dtype": "string", "_type": "Value"}}
+    (directory / "data").mkdir(parents=True)
+    for shard in range(shards):
+        cells, texts = [], []
+        for i in range(rows):
+            buffer = io.BytesIO()
+            sf.write(buffer, tone(0.5, freq=200.0 + shard * rows + i), 16000, format="WAV")
+            cells.append({"bytes": buffer.getvalue(), "path": None})
+            texts.append(sentence(shard * rows + i))
+        table = pa.table({"audio": cells, "text": texts})
+        table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+        pq.write_table(table, directory / "data" / f"train-{shard:05d}-of-{shards:05d}.parquet", row_group_size=3)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("workers", "overrides", "per_pass"),
+    [
+        (2, {}, 24),  # 4 shards, 2 workers: two whole shards each
+        (3, {}, None),  # 4 shards, 3 workers: 2, 1 and 1 shards
+        (2, {"max_train_samples": 20}, 20),  # a cap: record by record, across row groups
+    ],
+)
+def test_resume_of_parquet_shards_is_exact_inside_a_row_group(
+    tmp_path: Path, workers: int, overrides: dict[str, object], per_pass: int | None
+) -> None:
+    root = write_parquet_shards(tmp_path, shards=4, rows=6)
+    cfg = data_config(root, shuffle_buffer=4, num_workers=workers, **overrides)
+    expected = read_texts(cfg, workers=workers, batches=30)
+    if per_pass is not None:
+        assert len(set(expected[:per_pass])) == per_pass
+    assert read_texts(cfg, workers=workers, batches=30, stop_after=7) == expected
+
+
+def test_a_mix_reaches_every_record_of_every_dataset_and_resumes_exactly(tmp_path: Path) -> None:
+    small = write_audiofolder(tmp_path / "small", {"train": 6}, seconds=0.5, text_prefix="small ")
+    large = write_audiofolder(tmp_path / "large", {"train": 30}, seconds=0.5, text_prefix="large ")
+    cfg = DataConfig(
+        datasets=[DatasetConfig(path=str(small)), DatasetConfig(path=str(large))],
+        shuffle_buffer=4,
+        num_workers=2,
+    )
+    expected = read_texts(cfg, workers=2, batches=80)
+    # Equal weights: about 40 draws from the large set; each of its 30 clips is among them,
+    # although the small set runs out (and starts over) after about 6.
+    assert {text for text in expected if text.startswith("Large")} == {sentence(i, "large ") for i in range(30)}
+    assert read_texts(cfg, workers=2, batches=80, stop_after=9) == expected
+
+
+def test_max_train_samples_is_the_same_first_records_every_pass(forty: Path) -> None:
+    cfg = data_config(forty, shuffle_buffer=8, max_train_samples=10, num_workers=2, seed=1)
+    texts = read_texts(cfg, workers=2, batches=30)
+    first_ten = {sentence(i) for i in range(10)}
+    for start in (0, 10, 20):
+        assert set(texts[start : start + 10]) == first_ten
+    assert texts[:10] != texts[10:20]  # the order is reshuffled each pass
+
+
+def test_a_mix_shares_max_train_samples_by_weight(tmp_path: Path) -> None:
+    first = write_audiofolder(tmp_path / "a", {"train": 20}, seconds=0.5, text_prefix="first ")
+    second = write_audiofolder(tmp_path / "b", {"train": 20}, seconds=0.5, text_prefix="second ")
+    cfg = data_config(first, max_train_samples=10, shuffle_buffer=4)
+    cfg.datasets = [DatasetConfig(path=str(first), sampling_weight=3.0), DatasetConfig(path=str(second))]
+    stream = iter(build_train_stream(cfg))
+    texts = {next(stream)["text"] for _ in range(200)}
+    assert texts == {sentence(i, "first ") for i in range(8)} | {sentence(i, "second ") for i in range(2)}

@@ -63,30 +63,34 @@ def data(tmp_path: Path) -> Path:
 
 
 def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tiny_run_config, data: Path, tmp_path: Path) -> None:
-    settings = {"max_steps": 24, "save_steps": 4, "per_device_train_batch_size": 2, "lr_scheduler_type": "cosine"}
+    settings = {"max_steps": 14, "save_steps": 5, "per_device_train_batch_size": 4, "lr_scheduler_type": "cosine"}
     settings["warmup_steps"] = 3
+    # The shipped data settings: streaming, 2 loader workers, a shuffle buffer larger than the
+    # 40 clips (a worker's whole pass sits in it). At step 5 one worker has served 3 batches, the
+    # other 2; the resumed run crosses into the next pass at step 10.
+    settings["data"] = {"num_workers": 2, "shuffle_buffer": 1000}
     reference = tiny_run_config(data, output_dir=str(tmp_path / "reference"), **settings)
     run(reference, log=quiet)
 
     killed = tiny_run_config(data, output_dir=str(tmp_path / "killed"), save_total_limit=10, **settings)
     child = start_child(killed, tmp_path)
     try:
-        wait_for(tmp_path / "killed" / "checkpoint-8" / checkpoints.STATE_FILE, child)
+        wait_for(tmp_path / "killed" / "checkpoint-5" / checkpoints.STATE_FILE, child)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
     finally:
         child.kill()
     interrupted_at = checkpoints.latest_checkpoint(tmp_path / "killed")
-    assert interrupted_at is not None and interrupted_at.name != "checkpoint-24"
+    assert interrupted_at is not None and interrupted_at.name != "checkpoint-14"
 
     killed.training.resume_from_checkpoint = "latest"
     lines: list[str] = []
     state = run(killed, log=lines.append)
     assert any(line.startswith(f"Resumed from {interrupted_at}") for line in lines)
-    assert state.step == 24
+    assert state.step == 14
     final, expected = (
-        projector_weights(tmp_path / "killed" / "checkpoint-24"),
-        projector_weights(tmp_path / "reference" / "checkpoint-24"),
+        projector_weights(tmp_path / "killed" / "checkpoint-14"),
+        projector_weights(tmp_path / "reference" / "checkpoint-14"),
     )
     # Bit-identical on CPU: same data position, RNG, optimizer and schedule after the restore.
     assert final.keys() == expected.keys()

@@ -2,7 +2,7 @@
 
 Every split, whatever its origin (a Hub id or a local directory) and audio column type, is mapped
 to the same undecoded schema (COMMON_FEATURES) so that splits can be concatenated and datasets
-interleaved. Decoding happens later, in the stream, where bad records are caught and counted.
+mixed. Decoding happens later, in the stream, where bad records are caught and counted.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from datasets import (
     IterableDataset,
     Value,
     concatenate_datasets,
-    interleave_datasets,
     load_dataset,
 )
 from datasets.exceptions import DatasetNotFoundError
@@ -52,40 +51,51 @@ def dataset_label(dataset: DatasetConfig) -> str:
     return f"{dataset.path}:{dataset.name}" if dataset.name else dataset.path
 
 
-def train_records(cfg: DataConfig) -> IterableDataset:
-    """All train splits, shuffled when cfg.shuffle_buffer > 0, interleaved by sampling_weight.
-
-    Interleaving stops when the first dataset runs out, so a pass never repeats a record; the
-    stream then starts the next pass with a new shuffle.
-    """
+def train_sources(cfg: DataConfig) -> list[IterableDataset]:
+    """Each dataset entry's train splits, concatenated, in file order (the stream shuffles and mixes)."""
     sources = []
     for index, dataset in enumerate(cfg.datasets):
         parts = [open_split(dataset, index, split, streaming=cfg.streaming) for split in dataset.train_splits]
-        records = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-        if cfg.shuffle_buffer > 0:
-            records = records.shuffle(seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
-        sources.append(records)
-    if len(sources) == 1:
-        mixed = sources[0]
-    else:
-        total = sum(dataset.sampling_weight for dataset in cfg.datasets)
-        mixed = interleave_datasets(
-            sources,
-            probabilities=[dataset.sampling_weight / total for dataset in cfg.datasets],
-            seed=cfg.seed,
-            stopping_strategy="first_exhausted",
-        )
-    return mixed.take(cfg.max_train_samples) if cfg.max_train_samples else mixed
+        sources.append(parts[0] if len(parts) == 1 else concatenate_datasets(parts))
+    return sources
 
 
-def eval_records(cfg: DataConfig) -> IterableDataset:
-    """Every eval split of every dataset, in config order, capped at cfg.max_eval_samples."""
+def train_records(cfg: DataConfig) -> IterableDataset:
+    """Every train record of every dataset, one after another (to check that there is any)."""
+    sources = train_sources(cfg)
+    return sources[0] if len(sources) == 1 else concatenate_datasets(sources)
+
+
+def train_caps(cfg: DataConfig) -> list[int | None]:
+    """Records per pass each dataset may contribute: data.max_train_samples shared by sampling_weight.
+
+    The stream takes a capped dataset's first records in file order, so every pass reads the same subset.
+    """
+    if not cfg.max_train_samples:
+        return [None] * len(cfg.datasets)
+    weights = [dataset.sampling_weight for dataset in cfg.datasets]
+    shares = [cfg.max_train_samples * weight / sum(weights) for weight in weights]
+    caps = [int(share) for share in shares]
+    # Largest remainders first, so the caps add up to max_train_samples exactly.
+    by_remainder = sorted(range(len(caps)), key=lambda i: caps[i] - shares[i])
+    for i in by_remainder[: cfg.max_train_samples - sum(caps)]:
+        caps[i] += 1
+    return [max(cap, 1) for cap in caps]
+
+
+def eval_sources(cfg: DataConfig) -> IterableDataset:
+    """Every eval split of every dataset, in config order, uncapped."""
     parts = [
         open_split(dataset, index, split, streaming=cfg.streaming)
         for index, dataset in enumerate(cfg.datasets)
         for split in dataset.eval_splits
     ]
-    records = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def eval_records(cfg: DataConfig) -> IterableDataset:
+    """Every eval split of every dataset, in config order, capped at cfg.max_eval_samples."""
+    records = eval_sources(cfg)
     return records.take(cfg.max_eval_samples) if cfg.max_eval_samples else records
 
 

@@ -4,9 +4,11 @@ Each item is {"audio": float32 mono at cfg.sample_rate, "text": normalised trans
 "skipped": [(reason, sample_id), ...]} where `skipped` lists the records this worker dropped
 since its previous item, so the main process can count them (see SkipLedger) without losing any.
 
-Resuming (state_dict / load_state_dict, driven by torchdata's StatefulDataLoader) restores each
-worker's position in its sources, so no sample is replayed. Records sitting in a shuffle buffer
-at the checkpoint are not saved by `datasets`; they are dropped for that pass only.
+Resuming (state_dict / load_state_dict, driven by torchdata's StatefulDataLoader, which also
+keeps which worker serves the next batch) restores each worker's exact position: its place in
+every source, the records in its shuffle buffers and its random generators (see cursor.py).
+A resumed run reads the same records in the same order as one never interrupted: none is
+replayed, none is dropped.
 """
 
 from __future__ import annotations
@@ -14,29 +16,53 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import IterableDataset as RecordStream
-from datasets.distributed import split_dataset_by_node
 
 from tiny_audio.config import DataConfig
+from tiny_audio.data.cursor import SourceCursor
 from tiny_audio.data.guard import BadFractionGuard, DataQualityError
 from tiny_audio.data.samples import prepare_sample
 from tiny_audio.data.skips import Unusable
-from tiny_audio.data.sources import eval_records, train_records
+from tiny_audio.data.sources import eval_sources, train_caps, train_sources
 
 
 def build_train_stream(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> SpeechStream:
-    """Endless: pass after pass over the train splits, reshuffled with cfg.seed + pass number."""
-    return SpeechStream(train_records(cfg), cfg, endless=True, rank=rank, world_size=world_size)
+    """Endless: each dataset read pass after pass (reshuffled each pass), mixed by sampling_weight.
+
+    Each dataset starts its next pass when it runs out, independently of the others, so every
+    record of every dataset is reached and a small dataset simply repeats more often.
+    """
+    weights = [dataset.sampling_weight for dataset in cfg.datasets]
+    return SpeechStream(
+        train_sources(cfg),
+        cfg,
+        endless=True,
+        caps=train_caps(cfg),
+        weights=weights,
+        buffer_size=cfg.shuffle_buffer,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def build_eval_stream(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> SpeechStream:
     """One pass over the eval splits in a fixed order, capped at cfg.max_eval_samples records."""
-    return SpeechStream(eval_records(cfg), cfg, endless=False, rank=rank, world_size=world_size)
+    return SpeechStream(
+        [eval_sources(cfg)],
+        cfg,
+        endless=False,
+        caps=[cfg.max_eval_samples],
+        weights=[1.0],
+        buffer_size=0,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 class SpeechStream(torch.utils.data.IterableDataset):
-    """Decodes and filters a record stream, split across ranks and dataloader workers.
+    """Decodes and filters record sources, split across ranks and dataloader workers, mixed by weight.
 
     Splitting happens here rather than in `datasets`' own worker logic because that gives a
     worker nothing when a dataset has fewer shards than workers (one local file, say); here
@@ -44,60 +70,123 @@ class SpeechStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(
-        self, records: RecordStream, cfg: DataConfig, *, endless: bool, rank: int = 0, world_size: int = 1
+        self,
+        sources: list[RecordStream],
+        cfg: DataConfig,
+        *,
+        endless: bool,
+        caps: list[int | None],
+        weights: list[float],
+        buffer_size: int,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
-        self.records = records
+        self.sources, self.caps = sources, caps
+        self.probabilities = np.asarray(weights, dtype=np.float64) / sum(weights)
         self.cfg = cfg
         self.endless = endless
+        self.buffer_size = buffer_size
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
         self.guard = BadFractionGuard(cfg.max_bad_fraction, cfg.bad_check_samples)
-        self._part: RecordStream | None = None  # this worker's share of the current pass
-        self._resume: dict[str, Any] | None = None  # position to restore in the next pass started
+        self._cursors: list[SourceCursor] | None = None  # this worker's, while it iterates
+        self._mixer: np.random.Generator | None = None  # picks the source of each next record
+        self._usable: list[int] = []  # usable samples per source in its current pass
+        self._resume: dict[str, Any] | None = None  # position to restore when iteration starts
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._start()
+        assert self._cursors is not None
         skipped: list[tuple[str, str]] = []
         held: dict[str, Any] | None = None
         while True:
-            records = yielded = 0
-            # A pass resumed at its very end has nothing left; only a full pass proves a worker starved.
-            full_pass = self._resume is None
-            for record in self._records_for_this_worker():
-                records += 1
-                try:
-                    audio, text = prepare_sample(record, self.cfg)
-                except Unusable as unusable:
-                    skipped.append((unusable.reason, record["sample_id"]))
-                    self.guard.observe(record["dataset"], unusable.reason, record["sample_id"])
-                    continue
-                self.guard.observe(record["dataset"])
-                yielded += 1
-                item = {"audio": audio, "text": text, "skipped": skipped}
-                skipped = []
-                if self.endless:
-                    yield item  # skips after the last sample of a pass ride on the next pass's first
-                else:
-                    # A finite stream holds one sample back so that skips after its last sample
-                    # still reach the consumer, attached to that sample.
+            source = self._pick_source()
+            cursor = self._cursors[source]
+            record = cursor.next()
+            if record is None:
+                self._end_pass(source, skipped)
+                if not self.endless:
                     if held is not None:
+                        held["skipped"] = held["skipped"] + skipped
                         yield held
-                    held = item
-            self.guard.end_of_pass()
-            if not self.endless:
+                    return
+                continue
+            try:
+                audio, text = prepare_sample(record, self.cfg)
+            except Unusable as unusable:
+                skipped.append((unusable.reason, record["sample_id"]))
+                self.guard.observe(record["dataset"], unusable.reason, record["sample_id"])
+                continue
+            self.guard.observe(record["dataset"])
+            self._usable[source] += 1
+            item = {"audio": audio, "text": text, "skipped": skipped}
+            skipped = []
+            if self.endless:
+                yield item  # skips after the last sample of a pass ride on the next pass's first
+            else:
+                # A finite stream holds one sample back so that skips after its last sample
+                # still reach the consumer, attached to that sample.
                 if held is not None:
-                    held["skipped"] = held["skipped"] + skipped
                     yield held
-                return
-            if not yielded and full_pass:
-                # Another pass would find nothing either: fail rather than spin without yielding.
-                raise DataQualityError(self._empty_pass_message(records, skipped))
-            self.epoch += 1
+                held = item
+
+    def _start(self) -> None:
+        """This worker's cursors, at the restored position if there is one."""
+        worker, workers = self._worker()
+        self._cursors = [
+            SourceCursor(
+                records,
+                seed=self.cfg.seed,
+                source=index,
+                worker=worker,
+                workers=workers,
+                buffer_size=self.buffer_size,
+                cap=cap,
+            )
+            for index, (records, cap) in enumerate(zip(self.sources, self.caps, strict=True))
+        ]
+        self._mixer = np.random.default_rng([self.cfg.seed, len(self.sources), worker])
+        self._usable = [0] * len(self.sources)
+        resume, self._resume = self._resume, None
+        if resume is None or resume["sources"] is None:
+            return
+        if resume["worker"] != [worker, workers]:
+            raise ValueError(
+                f"the saved data position belongs to reader {resume['worker'][0]} of {resume['worker'][1]}, "
+                f"not {worker} of {workers}: resume with the same number of processes and data.num_workers"
+            )
+        for cursor, state in zip(self._cursors, resume["sources"], strict=True):
+            cursor.load_state_dict(state)
+        self._usable = list(resume["usable"])
+        self._mixer.bit_generator.state = resume["mixer"]
+
+    def _worker(self) -> tuple[int, int]:
+        """(this reader's index, readers in all): one reader per dataloader worker per rank."""
+        info = torch.utils.data.get_worker_info()
+        workers, worker_id = (info.num_workers, info.id) if info is not None else (1, 0)
+        return self.rank * workers + worker_id, self.world_size * workers
+
+    def _pick_source(self) -> int:
+        if len(self.sources) == 1:
+            return 0
+        assert self._mixer is not None
+        return int(self._mixer.choice(len(self.sources), p=self.probabilities))
+
+    def _end_pass(self, source: int, skipped: list[tuple[str, str]]) -> None:
+        assert self._cursors is not None
+        cursor = self._cursors[source]
+        self.guard.end_of_pass()
+        if not self._usable[source] and self.endless:
+            # Another pass would find nothing either: fail rather than spin without yielding.
+            raise DataQualityError(self._empty_pass_message(cursor.read_this_pass, skipped))
+        cursor.next_pass()
+        self._usable[source] = 0
 
     def _empty_pass_message(self, records: int, skipped: list[tuple[str, str]]) -> str:
-        worker = f"rank {self.rank} of {self.world_size}, dataloader worker {self._worker_id()}"
+        info = torch.utils.data.get_worker_info()
+        worker = f"rank {self.rank} of {self.world_size}, dataloader worker {info.id if info is not None else 0}"
         if not records:
             return (
                 f"{worker} received no train records in a full pass: the train splits hold fewer records "
@@ -106,40 +195,20 @@ class SpeechStream(torch.utils.data.IterableDataset):
         reasons = ", ".join(sorted({reason for reason, _ in skipped}))
         return f"{worker} found no usable sample among {records} train records (skipped: {reasons})"
 
-    @staticmethod
-    def _worker_id() -> int:
-        worker = torch.utils.data.get_worker_info()
-        return worker.id if worker is not None else 0
-
-    def _records_for_this_worker(self) -> Iterator[dict[str, Any]]:
-        part = self._split_for_this_worker()
-        # `iter` rather than `for record in part`: the latter splits by dataloader worker again.
-        for batch in part.iter(batch_size=1):
-            yield {key: values[0] for key, values in batch.items()}
-
-    def _split_for_this_worker(self) -> RecordStream:
-        worker = torch.utils.data.get_worker_info()
-        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
-        shards, shard = self.world_size * workers, self.rank * workers + worker_id
-        # A capped stream (take) must be split by records for the cap to hold across workers.
-        capped = self.cfg.max_train_samples if self.endless else self.cfg.max_eval_samples
-        by_shards = self.records.num_shards >= shards and not capped
-        part = split_dataset_by_node(
-            self.records, rank=shard, world_size=shards, strategy="shards" if by_shards else "examples"
-        )
-        part.set_epoch(self.epoch)  # after the split, which starts the copy at epoch 0
-        if self._resume is not None:
-            part.load_state_dict(self._resume)
-            self._resume = None
-        self._part = part
-        return part
-
     def state_dict(self) -> dict[str, Any]:
-        """Position of this worker: restoring it continues with the next record it had not read."""
-        position = self._part.state_dict() if self._part is not None else self._resume
-        return {"epoch": self.epoch, "records": position, "guard": self.guard.state_dict()}
+        """Position of this worker: restoring it continues with exactly the record it would read next."""
+        if self._cursors is None:
+            pending = self._resume or {"sources": None}
+            return {**pending, "guard": self.guard.state_dict()}
+        assert self._mixer is not None
+        return {
+            "worker": list(self._worker()),
+            "sources": [cursor.state_dict() for cursor in self._cursors],
+            "usable": list(self._usable),
+            "mixer": self._mixer.bit_generator.state,
+            "guard": self.guard.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]
-        self._resume = state["records"]
+        self._resume = state
         self.guard.load_state_dict(state["guard"])

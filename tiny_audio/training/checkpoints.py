@@ -20,6 +20,7 @@ import torch
 
 from tiny_audio.config import ModelConfig
 from tiny_audio.model.build import read_model_config
+from tiny_audio.training.disk import disk_full_error, is_disk_full
 
 STATE_FILE = "trainer_state.json"
 TRAINING_STATE_FILE = "training_state.pt"
@@ -92,17 +93,27 @@ def write_checkpoint(
     trainer_state: dict[str, Any],
     training_state: dict[str, Any],
 ) -> Path:
-    """Write checkpoint-`step` atomically; `write_contents(dir)` writes the model files."""
+    """Write checkpoint-`step` atomically; `write_contents(dir)` writes the model files.
+
+    On a full disk the partial copy is removed and DiskFullError names the last complete checkpoint.
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"checkpoint-{step}"
     staging = output_dir / f".checkpoint-{step}.tmp"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    write_contents(staging)
-    torch.save(training_state, staging / TRAINING_STATE_FILE)
-    (staging / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-    _fsync_dir(staging)
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        write_contents(staging)
+        torch.save(training_state, staging / TRAINING_STATE_FILE)
+        (staging / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        # Rename is atomic against a kill, but only data on disk survives a power loss.
+        _fsync_tree(staging)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(error):
+            raise disk_full_error(output_dir, final.name, latest_checkpoint(output_dir), error) from error
+        raise
     if final.exists():
         # A checkpoint at the same step (a resumed run saving again) is replaced, never merged.
         stale = output_dir / f".checkpoint-{step}.old"
@@ -147,6 +158,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(directory: Path) -> None:
+    """fsync every file under `directory`, then each directory, deepest first."""
+    for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(directory)
 
 
 def _fsync_dir(directory: Path) -> None:

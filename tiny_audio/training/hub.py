@@ -73,7 +73,17 @@ class HubPushCallback(Callback):
     def on_save(self, trainer: Trainer, checkpoint: Path) -> None:
         self._log = trainer.log
         self.last_saved = checkpoint
-        staged = _stage(checkpoint, checkpoint.parent / STAGING_DIR / checkpoint.name)
+        try:
+            staged = _stage(checkpoint, checkpoint.parent / STAGING_DIR / checkpoint.name)
+        except OSError as error:
+            # A full disk (or no hard links and no room to copy) costs this upload, not the run:
+            # the checkpoint itself is complete, and the next save reports the full disk if it still is.
+            self.failures += 1
+            self._log(
+                f"warning: could not stage {checkpoint.name} for the Hub upload ({error.strerror}); it stays "
+                f"in {checkpoint.parent}; push it later with: hf upload {self.repo_id} {checkpoint} ."
+            )
+            return
         with self._lock:
             if self._pending is not None:
                 shutil.rmtree(self._pending[0], ignore_errors=True)
@@ -159,5 +169,9 @@ def _stage(checkpoint: Path, staged: Path) -> Path:
         shutil.copytree(checkpoint, staged, copy_function=os.link)
     except OSError:
         shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(checkpoint, staged)
+        try:
+            shutil.copytree(checkpoint, staged)
+        except OSError:
+            shutil.rmtree(staged, ignore_errors=True)  # a half copy must never be uploaded
+            raise
     return staged

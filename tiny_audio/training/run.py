@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tiny_audio.model.scale import projector_scale_ratio
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.checkpoints import CheckpointMismatchError
+from tiny_audio.training.disk import DiskFullError, disk_full_error, is_disk_full
 from tiny_audio.training.operations import operations_callbacks
 from tiny_audio.training.preflight import PreflightError, require_memory_fits, require_preflight
 from tiny_audio.training.terminal import TerminalProgress
@@ -125,9 +127,11 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
             init_kwargs=_tracker_kwargs(cfg, output_dir),
         )
     try:
-        return trainer.fit()
+        with full_disk_reported(output_dir, "the tracker logs"):
+            return trainer.fit()
     finally:
-        accelerator.end_training()
+        with full_disk_reported(output_dir, "the tracker logs"), _unless_failing():
+            accelerator.end_training()
         if torch.distributed.is_initialized():
             # Left to interpreter exit, the process group's teardown can hang a finished run.
             torch.distributed.destroy_process_group()
@@ -135,6 +139,28 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
 
 def _quiet(_: str) -> None:
     pass
+
+
+@contextlib.contextmanager
+def full_disk_reported(output_dir: Path, what: str) -> Iterator[None]:
+    """A raw "No space left on device" from a write the checkpoint code does not own, in one line."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, DiskFullError) or not is_disk_full(error):
+            raise
+        raise disk_full_error(output_dir, what, checkpoints.latest_checkpoint(output_dir), error) from error
+
+
+@contextlib.contextmanager
+def _unless_failing() -> Iterator[None]:
+    """Cleanup that fails while an error is already on its way out must not replace that error."""
+    failing = sys.exc_info()[1] is not None
+    try:
+        yield
+    except Exception:
+        if not failing:
+            raise
 
 
 def _flat_config(cfg: Config) -> dict[str, Any]:
@@ -196,6 +222,7 @@ def main(overrides: list[str]) -> int:
         TrackerLoginError,
         PreflightError,
         CheckpointMismatchError,
+        DiskFullError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
