@@ -11,16 +11,17 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer
+from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, pipeline
 from typer.testing import CliRunner
 
 from tiny_audio.cli import app
 from tiny_audio.config import ModelConfig
-from tiny_audio.miniature.course import CourseSettings, Stage, run_course, write_outputs
+from tiny_audio.evaluation.transcribe import transcribe
+from tiny_audio.miniature.course import CourseSettings, Stage, read_split, run_course, write_outputs
 from tiny_audio.miniature.encoder import EncoderRecipe
 from tiny_audio.miniature.llm import LlmRecipe
 from tiny_audio.miniature.standins import Miniature, MiniatureSpec, build_miniature
-from tiny_audio.model.build import build_model
+from tiny_audio.model.build import build_model, load_pretrained
 from tiny_audio.model.encoder import read_prefixed_tensors
 from tiny_audio.training.metrics_file import read_metrics
 
@@ -89,6 +90,14 @@ def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_minia
     assert (
         recorded["pretraining"]["encoder"]["validation_cer"] == small_miniature.reports()["encoder"]["validation_cer"]
     )
+
+    # The run's transformers-native export transcribes the held-out speech exactly as the checkpoint does.
+    audios, _ = read_split(small_miniature.speech / "validation")
+    asr = pipeline(
+        "automatic-speech-recognition", model=str(Path(result.output_dir) / "export"), trust_remote_code=True
+    )
+    exported = [out["text"] for out in asr([{"raw": a, "sampling_rate": 16000} for a in audios[:6]])]
+    assert exported == transcribe(load_pretrained(result.checkpoint, device="cpu"), audios[:6], 16000)
 
     # Run again (after Ctrl+C, or to add a stage): a finished stage is not trained twice.
     lines: list[str] = []

@@ -107,8 +107,30 @@ def test_card_holds_eval_results_in_model_index_and_table(short_run: Path, tmp_p
     assert "| speechbrain/LoquaciousSet | clean | test | 2000 | 12.30 % | 8.00 % |  |  |" in card
 
 
+def test_card_reads_the_results_json_of_ta_eval(short_run: Path, tmp_path: Path) -> None:
+    loquacious = {"name": "loquacious-dev", "path": "speechbrain/LoquaciousSet", "config": "medium", "split": "dev"}
+    row = {"model": "outputs/mlp/checkpoint-3", "test_set": "loquacious-dev", "wer": 0.2, "num_samples": 100}
+    document = {"schema_version": 1, "test_sets": [loquacious], "results": [row]}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(document))
+    (entry,) = front_matter(build_card(short_run / "checkpoint-3", eval_results=read_eval_results(results)))[
+        "model-index"
+    ][0]["results"]
+    assert entry["dataset"] == {
+        "name": "loquacious-dev",
+        "type": "speechbrain/LoquaciousSet",
+        "config": "medium",
+        "split": "dev",
+    }
+    assert entry["metrics"][0]["value"] == 20.0
+    document["results"].append({**row, "model": "other/model"})
+    results.write_text(json.dumps(document))
+    with pytest.raises(EvalResultsError, match="scores 2 models"):
+        read_eval_results(results)
+
+
 def test_eval_results_schema_errors_are_clear(tmp_path: Path) -> None:
-    single = tmp_path / "single.json"  # what `ta eval --output` writes: one result at the top level
+    single = tmp_path / "single.json"  # one result at the top level
     single.write_text(json.dumps({"dataset": "d/x", "name": None, "split": "dev", "wer": 0.5, "samples": []}))
     assert read_eval_results(single)[0]["wer"] == 0.5
     bad = tmp_path / "bad.json"

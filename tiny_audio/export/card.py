@@ -36,6 +36,8 @@ def read_eval_results(path: Path) -> list[dict[str, Any]]:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise EvalResultsError(f"cannot read evaluation results {path}: {error}") from None
+    if isinstance(raw, dict) and "test_sets" in raw:
+        raw = _from_ta_eval(path, raw)
     entries = raw.get("results", [raw]) if isinstance(raw, dict) else raw
     results = []
     for i, entry in enumerate(entries if isinstance(entries, list) else [entries]):
@@ -46,6 +48,30 @@ def read_eval_results(path: Path) -> list[dict[str, Any]]:
             )
         results.append({**entry, "config": entry.get("config", entry.get("name"))})
     return results
+
+
+def _from_ta_eval(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """`ta eval --out DIR`'s results.json (one model) in this module's schema."""
+    models = sorted({str(r["model"]) for r in raw.get("results", [])})
+    if len(models) != 1:
+        raise EvalResultsError(
+            f"{path} scores {len(models)} models ({', '.join(models)}); a card describes one: "
+            "run `ta eval` on this model alone and pass that results.json"
+        )
+    sets = {t["name"]: t for t in raw["test_sets"]}
+    keys = ("wer", "substitution_rate", "insertion_rate", "deletion_rate", "num_samples")
+    return {
+        "results": [
+            {
+                "dataset": str(sets[r["test_set"]]["path"]),
+                "title": r["test_set"],
+                "config": sets[r["test_set"]].get("config"),
+                "split": sets[r["test_set"]].get("split"),
+                **{k: r[k] for k in keys if k in r},
+            }
+            for r in raw["results"]
+        ]
+    }
 
 
 def _is_hub_id(reference: str) -> bool:
