@@ -230,7 +230,7 @@ def test_non_finite_updates_are_skipped_counted_then_stop(
         output = real_forward(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] in (3, 4):
-            output.loss = output.loss * float("nan")
+            output.lm_loss_sum = output.lm_loss_sum * float("nan")
         return output
 
     monkeypatch.setattr(SpeechLLM, "forward", poisoned)
@@ -245,7 +245,7 @@ def test_non_finite_updates_are_skipped_counted_then_stop(
 
 
 def _nan_output(output):
-    output.loss = output.loss * float("nan")
+    output.lm_loss_sum = output.lm_loss_sum * float("nan")
     return output
 
 
