@@ -94,6 +94,42 @@ def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tiny_run_config
         assert torch.equal(final[key], expected[key]), key
 
 
+def test_resume_with_dropout_workers_and_reshuffled_passes_matches_an_uninterrupted_run(
+    tiny_run_config, tmp_path: Path
+) -> None:
+    """Q-Former and LoRA dropout, 2 loader workers, a shuffle per pass, two passes before the checkpoint.
+
+    12 clips, batch 2, 2 workers: a pass is 6 steps. The run stops at step 12, the end of the
+    second pass, and resumes in the third, whose shuffle depends on the restored pass number.
+    Dropout masks depend on the restored random state, and on nothing drawing from it before the
+    first resumed step.
+    """
+    data = write_audiofolder(tmp_path / "data", {"train": 12, "validation": 2})
+    settings = {
+        "model": {"projector_type": "qformer", "lora": LoraConfig(enabled=True, dropout=0.3)},
+        "data": {"num_workers": 2, "shuffle_buffer": 4},
+        "max_steps": 16,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 2,
+    }
+    run(tiny_run_config(data, output_dir=str(tmp_path / "reference"), **settings), log=quiet)
+
+    interrupted = tiny_run_config(data, output_dir=str(tmp_path / "resumed"), **settings)
+    run(interrupted, callbacks=[StopAt(12)], log=quiet)
+    assert checkpoints.latest_checkpoint(tmp_path / "resumed") == tmp_path / "resumed" / "checkpoint-12"
+    interrupted.training.resume_from_checkpoint = "latest"
+    assert run(interrupted, log=quiet).step == 16
+
+    for name in ("projector.safetensors", "lora/adapter_model.safetensors"):
+        final = load_file(str(tmp_path / "resumed" / "checkpoint-16" / name))
+        expected = load_file(str(tmp_path / "reference" / "checkpoint-16" / name))
+        assert final.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(final[key], expected[key]), (name, key)
+
+
 def test_resume_continues_the_stream_without_replaying_samples(
     tiny_run_config, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,13 +271,24 @@ def test_non_finite_updates_are_skipped_counted_then_stop(
 
     monkeypatch.setattr(SpeechLLM, "forward", poisoned)
     lines: list[str] = []
-    state = run(tiny_run_config(data, max_steps=8), log=lines.append)
+    rates = RecordLearningRate()
+    state = run(tiny_run_config(data, max_steps=8, lr_scheduler_type="linear"), [rates], log=lines.append)
     assert state.step == 8 and state.nonfinite_total == 2
     assert sum("update skipped" in line for line in lines) == 2
+    # The schedule follows the step count, skipped updates included (linear decay from 3e-3 to 0).
+    assert rates.by_step == pytest.approx({step: 3e-3 * (1 - step / 8) for step in range(1, 9)})
 
     monkeypatch.setattr(SpeechLLM, "forward", lambda self, *a, **k: _nan_output(real_forward(self, *a, **k)))
     with pytest.raises(NonFiniteLossError, match=r"3 non-finite updates in a row \(training.max_nonfinite_steps=3\)"):
         run(tiny_run_config(data, max_steps=8, max_nonfinite_steps=3), log=quiet)
+
+
+class RecordLearningRate(Callback):
+    def __init__(self) -> None:
+        self.by_step: dict[int, float] = {}
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.by_step[trainer.state.step] = trainer.scheduler.get_last_lr()[0]
 
 
 def _nan_output(output):
