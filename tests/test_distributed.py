@@ -3,7 +3,7 @@
 The driver records, per rank, the texts of every batch its loader built, its first batch, its
 gradient after the first update and its final projector weights, so the test can check that
 the ranks read disjoint data, that the update is the token mean over both ranks' batches, and
-that the replicas end identical.
+that the replicas end identical, even after a non-finite loss that only one rank saw.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from tiny_audio.config import to_config
+from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import run as run_module
 from tiny_audio.training.trainer import Callback
 
@@ -60,6 +61,19 @@ class Record(Callback):
         model = trainer.accelerator.unwrap_model(trainer.model)
         torch.save(model.projector.state_dict(), out / f"weights-{rank}.pt")
 
+real_forward = SpeechLLM.forward
+calls = [0]
+
+def forward(self, *args, **kwargs):
+    output = real_forward(self, *args, **kwargs)
+    if self.training:
+        calls[0] += 1
+        if rank == "1" and calls[0] == 2:
+            # An infinite loss with a finite gradient, on this rank alone: both must skip the update.
+            output.lm_loss_sum = output.lm_loss_sum + (float("inf") - output.lm_loss_sum.detach())
+    return output
+
+SpeechLLM.forward = forward
 run_module.collator_for = recording_collator_for
 run_module.run(to_config(OmegaConf.load(sys.argv[1])), callbacks=[Record()])
 """
@@ -102,6 +116,7 @@ def test_two_processes_train_save_and_resume(tiny_run_config, tmp_path: Path) ->
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert first.stdout.count("Step 6/6 |") == 1  # the main process alone prints progress
     assert "Eval at step 3 | eval/loss: " in first.stdout
+    assert "Step 2: non-finite loss (inf)" in first.stdout  # rank 1's infinite loss, skipped by both ranks
     saved = checkpoints.load_training_state(tmp_path / "run" / "checkpoint-6")
     assert len(saved["ranks"]) == 2  # each rank's data position and random state
 

@@ -309,3 +309,13 @@ def test_frozen_modules_stay_in_eval_mode_when_the_model_trains(tiny_model_confi
     stage1 = build_model(tiny_model_config(projector_type=projector_type))
     stage1.train()
     assert stage1.projector.training and not stage1.llm.training  # the LLM without LoRA is frozen
+
+
+def test_a_decoder_that_post_processes_its_logits_is_refused(tiny_fixtures, tiny_model_config, tmp_path: Path) -> None:
+    """Gemma-style soft-capping happens in the decoder's forward, which the labels-only head bypasses."""
+    decoder = tmp_path / "softcapped"
+    shutil.copytree(tiny_fixtures["qwen3"], decoder)
+    config = json.loads((decoder / "config.json").read_text())
+    (decoder / "config.json").write_text(json.dumps({**config, "final_logit_softcapping": 30.0}))
+    with pytest.raises(ValueError, match=r"post-processes its logits \(final_logit_softcapping=30.0\)"):
+        build_model(tiny_model_config(text_model_id=str(decoder)))

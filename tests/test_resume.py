@@ -319,3 +319,64 @@ def test_callback_state_survives_a_resume(tiny_run_config, data: Path) -> None:
     second = CountLogs()
     run(cfg, callbacks=[second], log=quiet)
     assert second.count == 8  # 3 restored + 5 more
+
+
+def test_a_checkpoint_of_other_frozen_models_is_refused_naming_both_values(tiny_run_config, tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    from tiny_audio.model.build import build_model, save_pretrained
+
+    saved_cfg = tiny_run_config(tmp_path / "unused", max_steps=2)
+    model = build_model(saved_cfg.model)
+    checkpoint = checkpoints.write_checkpoint(
+        tmp_path / "stage1", 2, lambda d: save_pretrained(model, d), {"step": 2, "trainable": {}}, {}
+    )
+    stage2 = tiny_run_config(tmp_path / "unused", model={"encoder_padding": "longest"})
+    trainer = Trainer(stage2, model, Accelerator(cpu=True), None, None, [])
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"model.encoder_padding='max_length' \(config: 'longest'\).*set model.encoder_padding=max_length",
+    ):
+        trainer.resume(checkpoint)
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(
+    tiny_run_config, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B in offline mode (no server here): it writes its real run files, named by run id."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_run_config(data, max_steps=4, logging_steps=1, report_to="wandb")
+    run(cfg, callbacks=[StopAt(2)], log=quiet)
+    run_id = checkpoints.read_trainer_state(tmp_path / "run" / "checkpoint-2")["wandb_run_id"]
+    assert run_id
+    cfg.training.resume_from_checkpoint = "latest"
+    run(cfg, log=quiet)
+    assert checkpoints.read_trainer_state(tmp_path / "run" / "checkpoint-4")["wandb_run_id"] == run_id
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(path.name.endswith(f"-{run_id}") for path in runs), runs
+
+
+def test_checkpoint_files_are_flushed_to_disk_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Atomic against a power loss, not only a kill: every file reaches the disk before it is published."""
+    out = tmp_path / "run"
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def write_model(directory: Path) -> None:
+        (directory / "projector.safetensors").write_bytes(b"x")
+        (directory / "lora").mkdir()
+        (directory / "lora" / "adapter_model.safetensors").write_bytes(b"y")
+
+    monkeypatch.setattr(checkpoints.os, "fsync", recording_fsync)
+    checkpoints.write_checkpoint(out, 7, write_model, {"step": 7}, {"k": 1})
+    staging = str(out / ".checkpoint-7.tmp")
+    for name in ("projector.safetensors", "lora/adapter_model.safetensors", "training_state.pt", "trainer_state.json"):
+        assert f"{staging}/{name}" in synced, name
+    assert staging in synced and str(out) in synced  # the directory entries too

@@ -98,7 +98,7 @@ class MoEProjector(FrameStackingProjector):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         x = stack_frames(x, self.stride)
-        b, t, d = x.shape
+        b, t, _ = x.shape
         # Only a clip's own frames are routed: with 30 s padding most frames of a short clip are
         # padding, which would otherwise dominate the load and z-loss statistics and the compute.
         # Padded positions come out as zeros; SpeechLLM never reads them.

@@ -102,7 +102,7 @@ def write_checkpoint(
     write_contents(staging)
     torch.save(training_state, staging / TRAINING_STATE_FILE)
     (staging / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-    _fsync_dir(staging)
+    _fsync_tree(staging)
     if final.exists():
         # A checkpoint at the same step (a resumed run saving again) is replaced, never merged.
         stale = output_dir / f".checkpoint-{step}.old"
@@ -147,6 +147,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Flush every file under `directory`, then the directories: the rename must not outrun the data."""
+    for path in sorted(directory.rglob("*"), reverse=True):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(directory)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -25,7 +25,7 @@ from transformers import get_scheduler
 
 from tiny_audio.config import Config
 from tiny_audio.data.skips import SkipLedger, add_counts, summarize
-from tiny_audio.model.build import load_weights, save_pretrained
+from tiny_audio.model.build import load_weights, read_model_config, save_pretrained
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM, count_targets
 from tiny_audio.training import checkpoints
 from tiny_audio.training.progress import StepTimer, progress_line
@@ -42,6 +42,10 @@ def bf16_autocast(cfg: Config, device: torch.device) -> torch.autocast:
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+# The frozen models and how they see audio: a projector only fits the ones it was trained with.
+FROZEN_SETTINGS = ("audio_model_id", "text_model_id", "encoder_padding")
 
 
 @dataclass
@@ -118,6 +122,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self._interrupts = 0
         self._rng_to_restore: dict[str, Any] | None = None
+        self.resumed_wandb_run_id: str | None = None  # continue the same W&B run after a resume
 
     # --- resume --------------------------------------------------------------------------
 
@@ -129,6 +134,7 @@ class Trainer:
         saved = checkpoints.read_trainer_state(checkpoint)
         model = self.accelerator.unwrap_model(self.model)
         checkpoints.check_compatible(checkpoint, self.cfg.model)
+        self._check_same_frozen_models(checkpoint)
         if saved.get("trainable") == self.trainable_components():
             self._check_same_layout(checkpoint, saved)
             load_weights(model, checkpoint)
@@ -145,6 +151,7 @@ class Trainer:
             # Applied once the loop has created its data iterator: creating it draws random numbers
             # (worker seeds), which an uninterrupted run drew before its first step, not here.
             self._rng_to_restore = rank_state["rng"]
+            self.resumed_wandb_run_id = saved.get("wandb_run_id")
             self.log(
                 f"Resumed from {checkpoint} at step {self.state.step}: weights, optimizer, data position restored."
             )
@@ -155,6 +162,19 @@ class Trainer:
             f"now training {', '.join(k for k, v in self.trainable_components().items() if v)} "
             "with a fresh optimizer and schedule."
         )
+
+    def _check_same_frozen_models(self, checkpoint: Path) -> None:
+        saved = read_model_config(checkpoint)
+        differ = [k for k in FROZEN_SETTINGS if getattr(saved, k) != getattr(self.cfg.model, k)]
+        if differ:
+            found = ", ".join(
+                f"model.{k}={getattr(saved, k)!r} (config: {getattr(self.cfg.model, k)!r})" for k in differ
+            )
+            fix = " ".join(f"model.{k}={getattr(saved, k)}" for k in differ)
+            raise checkpoints.CheckpointMismatchError(
+                f"{checkpoint} was trained with {found}; its projector only fits those, "
+                f"so set {fix} to continue from it"
+            )
 
     def _check_same_layout(self, checkpoint: Path, saved: dict[str, Any]) -> None:
         """The data position of each loader worker on each rank only fits the same layout."""
@@ -395,6 +415,7 @@ class Trainer:
             "train_loss": self.state.history["train_loss"][-1:] or None,
             "eval_loss": self.state.history["eval_loss"][-1:] or None,
             "layout": {"processes": self.accelerator.num_processes, "data.num_workers": self.cfg.data.num_workers},
+            "wandb_run_id": self._wandb_run_id(),
         }
         training_state = {
             "optimizer": self.optimizer.state_dict(),
@@ -412,6 +433,12 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_save(self, path)
         return path
+
+    def _wandb_run_id(self) -> str | None:
+        """Kept in the checkpoint so a resumed run continues the same W&B run, one curve per run."""
+        if self.args.report_to != "wandb":
+            return None
+        return self.accelerator.get_tracker("wandb", unwrap=True).id
 
     # --- several processes -----------------------------------------------------------------
 
