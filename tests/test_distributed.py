@@ -95,7 +95,7 @@ def torchrun(tmp_path: Path, cfg, records: Path) -> subprocess.CompletedProcess:
         str(records),
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=420)
 
 
 def test_two_processes_train_save_and_resume(tiny_run_config, tmp_path: Path) -> None:
