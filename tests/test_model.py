@@ -216,3 +216,106 @@ def test_vocabulary_logits_are_computed_only_at_label_positions(tiny_model_confi
     targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     assert rows_seen == [targets]  # one LM-head call, one row per target token, none for audio or prompt
     assert targets < batch["input_ids"].numel() / 4
+
+
+def test_labels_only_loss_equals_the_causal_lms_own_full_logit_loss(tiny_model_config) -> None:
+    """Our LM head runs only at target positions; transformers' loss (shift, then mean) must agree."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config())
+    batch = collator_for(model, 16000)(SAMPLES)
+    with torch.no_grad():
+        ours = model(**inputs(batch))
+        embeds, _ = model.embed_inputs(batch["input_features"], batch["encoder_lengths"], batch["input_ids"])
+        reference = model.causal_lm(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
+    torch.testing.assert_close(ours.lm_loss, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.lm_loss_sum / ours.num_target_tokens, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_generation_equals_one_by_one_generation(tiny_model_config) -> None:
+    """Clips of different lengths, in an unsorted order, left-padded into one batch."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config()).eval()
+    collate = collator_for(model, 16000, with_targets=False)
+    samples = [{"audio": s["audio"], "text": ""} for s in SAMPLES]  # 0.7 s, 2.3 s, 1.2 s
+    batch = collate(samples)
+    assert len(set(batch["attention_mask"].sum(dim=1).tolist())) == 3  # three prompt lengths: padding matters
+    keys = ("input_features", "encoder_lengths", "input_ids", "attention_mask")
+    batched = model.generate(**{k: batch[k] for k in keys}, max_new_tokens=8)
+    for row, sample in enumerate(samples):
+        alone = collate([sample])
+        single = model.generate(**{k: alone[k] for k in keys}, max_new_tokens=8)
+        assert batched[row, : single.shape[1]].tolist() == single[0].tolist(), row
+
+
+@pytest.mark.parametrize("mel_frames", [1, 2, 3, 7, 8, 99, 100, 101])
+def test_encoder_length_formula_matches_the_encoders_output(tiny_model_config, mel_frames: int) -> None:
+    """Odd mel lengths included: the strided conv rounds up, and the formula must too."""
+    model = build_model(tiny_model_config())
+    n_mels = model.encoder.feature_extractor.feature_size
+    hidden = model.encoder(torch.randn(1, n_mels, mel_frames))
+    assert int(model.encoder.output_lengths(torch.tensor([mel_frames]))[0]) == hidden.shape[1]
+
+
+QWEN3_TEMPLATE = Path(__file__).parent / "data" / "qwen3_chat_template.jinja"
+
+
+def test_prompts_render_like_qwen3s_published_chat_template(tiny_model_config) -> None:
+    """The fixtures carry the project's own template; this one is Qwen/Qwen3-0.6B's, verbatim.
+
+    tests/data/qwen3_chat_template.jinja is the `chat_template` of Qwen3's tokenizer_config.json
+    (the release version, as keyed verbatim in optimum-intel's exporters/openvino/utils.py).
+    """
+    model = build_model(tiny_model_config())
+    tokenizer = model.tokenizer
+    ours = PromptBuilder(tokenizer)
+    messages = [
+        {"role": "user", "content": "<audio>\nTranscribe the audio."},
+        {"role": "assistant", "content": "hi there"},
+    ]
+    real_template = QWEN3_TEMPLATE.read_text()
+    real_prompt = tokenizer.apply_chat_template(
+        messages[:1], chat_template=real_template, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    real_training_text = tokenizer.apply_chat_template(
+        messages, chat_template=real_template, tokenize=False, enable_thinking=False
+    )
+    # Inference prompt and training target render as Qwen3 itself renders them.
+    assert tokenizer.decode(ours.prompt_ids(1)) == real_prompt
+    assert real_training_text == tokenizer.decode(ours.prompt_ids(1) + ours.target_ids("hi there")) + "\n"
+    # And a builder on the real template gives the very ids the fixtures' template gives.
+    tokenizer.chat_template = real_template
+    assert PromptBuilder(tokenizer).prompt_ids(5) == ours.prompt_ids(5)
+
+
+@pytest.mark.parametrize("projector_type", ["qformer", "mlp"])
+def test_frozen_modules_stay_in_eval_mode_when_the_model_trains(tiny_model_config, projector_type: str) -> None:
+    """Stage 2: a frozen projector (Q-Former dropout 0.1) must not drop out; LoRA dropout must."""
+    cfg = tiny_model_config(projector_type=projector_type, projector_trainable=False)
+    cfg.lora.enabled, cfg.lora.dropout = True, 0.5
+    model = build_model(cfg)
+    model.train()
+    assert not any(m.training for m in model.projector.modules())
+    assert not any(m.training for m in model.encoder.modules())
+    lora_dropout = [m for n, m in model.llm.named_modules() if n.endswith("lora_dropout.default")]
+    assert lora_dropout and all(m.training for m in lora_dropout)
+    batch = collator_for(model, 16000)(SAMPLES)
+    hidden = model.encoder(batch["input_features"])
+    first, _ = model.projector(hidden, batch["encoder_lengths"])
+    second, _ = model.projector(hidden, batch["encoder_lengths"])
+    assert torch.equal(first, second)
+
+    stage1 = build_model(tiny_model_config(projector_type=projector_type))
+    stage1.train()
+    assert stage1.projector.training and not stage1.llm.training  # the LLM without LoRA is frozen
+
+
+def test_a_decoder_that_post_processes_its_logits_is_refused(tiny_fixtures, tiny_model_config, tmp_path: Path) -> None:
+    """Gemma-style soft-capping happens in the decoder's forward, which the labels-only head bypasses."""
+    decoder = tmp_path / "softcapped"
+    shutil.copytree(tiny_fixtures["qwen3"], decoder)
+    config = json.loads((decoder / "config.json").read_text())
+    (decoder / "config.json").write_text(json.dumps({**config, "final_logit_softcapping": 30.0}))
+    with pytest.raises(ValueError, match=r"post-processes its logits \(final_logit_softcapping=30.0\)"):
+        build_model(tiny_model_config(text_model_id=str(decoder)))

@@ -72,3 +72,35 @@ def test_unknown_projector_names_the_choices() -> None:
     cfg.projector_type = "mpl"
     with pytest.raises(ValueError, match="unknown projector 'mpl'; choose one of mlp, mosa, moe, qformer"):
         build_projector(cfg, ENCODER_DIM, LLM_DIM)
+
+
+def test_moe_routing_and_its_statistics_ignore_padded_frames() -> None:
+    """A 40-frame clip padded to 100 frames: same aux loss and tokens, experts see only real frames."""
+    torch.manual_seed(0)
+    projector = build_projector(small_config("moe"), ENCODER_DIM, LLM_DIM)
+    clip = torch.randn(1, 40, ENCODER_DIM)
+    alone, aux_alone = projector(clip, torch.tensor([40]))
+    padding = torch.randn(1, 60, ENCODER_DIM) * 5  # loud padding: it would dominate the router's statistics
+    rows: list[int] = []
+    hook = projector.shared.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    try:
+        padded, aux_padded = projector(torch.cat([clip, padding], dim=1), torch.tensor([40]))
+    finally:
+        hook.remove()
+    torch.testing.assert_close(aux_padded, aux_alone)
+    torch.testing.assert_close(padded[:, :10], alone)
+    assert rows == [10]  # 40 frames stacked by 4: the shared expert ran on the real tokens only
+    # Two clips in one batch: the statistics are those of their real frames together.
+    other = torch.randn(1, 24, ENCODER_DIM)
+    batch = torch.cat([torch.cat([clip, padding], dim=1), torch.cat([other, torch.zeros(1, 76, ENCODER_DIM)], dim=1)])
+    _, aux_batch = projector(batch, torch.tensor([40, 24]))
+    _, aux_joined = projector(torch.cat([clip, other], dim=1), torch.tensor([64]))
+    torch.testing.assert_close(aux_batch, aux_joined)
+
+
+def test_moe_aux_loss_gradient_reaches_the_router() -> None:
+    torch.manual_seed(0)
+    projector = build_projector(small_config("moe"), ENCODER_DIM, LLM_DIM)
+    _, aux = projector(torch.randn(2, 40, ENCODER_DIM), torch.tensor([40, 28]))
+    aux.backward()
+    assert projector.router.weight.grad is not None and projector.router.weight.grad.abs().sum() > 0

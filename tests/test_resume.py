@@ -98,6 +98,42 @@ def test_sigkill_then_resume_latest_matches_an_uninterrupted_run(tiny_run_config
         assert torch.equal(final[key], expected[key]), key
 
 
+def test_resume_with_dropout_workers_and_reshuffled_passes_matches_an_uninterrupted_run(
+    tiny_run_config, tmp_path: Path
+) -> None:
+    """Q-Former and LoRA dropout, 2 loader workers, a shuffle per pass, two passes before the checkpoint.
+
+    12 clips, batch 2, 2 workers: a pass is 6 steps. The run stops at step 12, the end of the
+    second pass, and resumes in the third, whose shuffle depends on the restored pass number.
+    Dropout masks depend on the restored random state, and on nothing drawing from it before the
+    first resumed step.
+    """
+    data = write_audiofolder(tmp_path / "data", {"train": 12, "validation": 2})
+    settings = {
+        "model": {"projector_type": "qformer", "lora": LoraConfig(enabled=True, dropout=0.3)},
+        "data": {"num_workers": 2, "shuffle_buffer": 4},
+        "max_steps": 16,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 2,
+    }
+    run(tiny_run_config(data, output_dir=str(tmp_path / "reference"), **settings), log=quiet)
+
+    interrupted = tiny_run_config(data, output_dir=str(tmp_path / "resumed"), **settings)
+    run(interrupted, callbacks=[StopAt(12)], log=quiet)
+    assert checkpoints.latest_checkpoint(tmp_path / "resumed") == tmp_path / "resumed" / "checkpoint-12"
+    interrupted.training.resume_from_checkpoint = "latest"
+    assert run(interrupted, log=quiet).step == 16
+
+    for name in ("projector.safetensors", "lora/adapter_model.safetensors"):
+        final = load_file(str(tmp_path / "resumed" / "checkpoint-16" / name))
+        expected = load_file(str(tmp_path / "reference" / "checkpoint-16" / name))
+        assert final.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(final[key], expected[key]), (name, key)
+
+
 def test_resume_continues_the_stream_without_replaying_samples(
     tiny_run_config, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,22 +270,33 @@ def test_non_finite_updates_are_skipped_counted_then_stop(
         output = real_forward(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] in (3, 4):
-            output.loss = output.loss * float("nan")
+            output.lm_loss_sum = output.lm_loss_sum * float("nan")
         return output
 
     monkeypatch.setattr(SpeechLLM, "forward", poisoned)
     lines: list[str] = []
-    state = run(tiny_run_config(data, max_steps=8), log=lines.append)
+    rates = RecordLearningRate()
+    state = run(tiny_run_config(data, max_steps=8, lr_scheduler_type="linear"), [rates], log=lines.append)
     assert state.step == 8 and state.nonfinite_total == 2
     assert sum("update skipped" in line for line in lines) == 2
+    # The schedule follows the step count, skipped updates included (linear decay from 3e-3 to 0).
+    assert rates.by_step == pytest.approx({step: 3e-3 * (1 - step / 8) for step in range(1, 9)})
 
     monkeypatch.setattr(SpeechLLM, "forward", lambda self, *a, **k: _nan_output(real_forward(self, *a, **k)))
     with pytest.raises(NonFiniteLossError, match=r"3 non-finite updates in a row \(training.max_nonfinite_steps=3\)"):
         run(tiny_run_config(data, max_steps=8, max_nonfinite_steps=3), log=quiet)
 
 
+class RecordLearningRate(Callback):
+    def __init__(self) -> None:
+        self.by_step: dict[int, float] = {}
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.by_step[trainer.state.step] = trainer.scheduler.get_last_lr()[0]
+
+
 def _nan_output(output):
-    output.loss = output.loss * float("nan")
+    output.lm_loss_sum = output.lm_loss_sum * float("nan")
     return output
 
 
@@ -276,3 +323,64 @@ def test_callback_state_survives_a_resume(tiny_run_config, data: Path) -> None:
     second = CountLogs()
     run(cfg, callbacks=[second], log=quiet)
     assert second.count == 8  # 3 restored + 5 more
+
+
+def test_a_checkpoint_of_other_frozen_models_is_refused_naming_both_values(tiny_run_config, tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    from tiny_audio.model.build import build_model, save_pretrained
+
+    saved_cfg = tiny_run_config(tmp_path / "unused", max_steps=2)
+    model = build_model(saved_cfg.model)
+    checkpoint = checkpoints.write_checkpoint(
+        tmp_path / "stage1", 2, lambda d: save_pretrained(model, d), {"step": 2, "trainable": {}}, {}
+    )
+    stage2 = tiny_run_config(tmp_path / "unused", model={"encoder_padding": "longest"})
+    trainer = Trainer(stage2, model, Accelerator(cpu=True), None, None, [])
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"model.encoder_padding='max_length' \(config: 'longest'\).*set model.encoder_padding=max_length",
+    ):
+        trainer.resume(checkpoint)
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(
+    tiny_run_config, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B in offline mode (no server here): it writes its real run files, named by run id."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_run_config(data, max_steps=4, logging_steps=1, report_to="wandb")
+    run(cfg, callbacks=[StopAt(2)], log=quiet)
+    run_id = checkpoints.read_trainer_state(tmp_path / "run" / "checkpoint-2")["wandb_run_id"]
+    assert run_id
+    cfg.training.resume_from_checkpoint = "latest"
+    run(cfg, log=quiet)
+    assert checkpoints.read_trainer_state(tmp_path / "run" / "checkpoint-4")["wandb_run_id"] == run_id
+    runs = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(path.name.endswith(f"-{run_id}") for path in runs), runs
+
+
+def test_checkpoint_files_are_flushed_to_disk_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Atomic against a power loss, not only a kill: every file reaches the disk before it is published."""
+    out = tmp_path / "run"
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def write_model(directory: Path) -> None:
+        (directory / "projector.safetensors").write_bytes(b"x")
+        (directory / "lora").mkdir()
+        (directory / "lora" / "adapter_model.safetensors").write_bytes(b"y")
+
+    monkeypatch.setattr(checkpoints.os, "fsync", recording_fsync)
+    checkpoints.write_checkpoint(out, 7, write_model, {"step": 7}, {"k": 1})
+    staging = str(out / ".checkpoint-7.tmp")
+    for name in ("projector.safetensors", "lora/adapter_model.safetensors", "training_state.pt", "trainer_state.json"):
+        assert f"{staging}/{name}" in synced, name
+    assert staging in synced and str(out) in synced  # the directory entries too

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer
+from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from tiny_audio.config import ModelConfig
 from tiny_audio.model.encoder import load_audio_encoder
@@ -26,6 +26,9 @@ from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.prompts import AUDIO_TOKEN
 
 MODEL_CONFIG_FILE = "tiny_audio_model.json"
+# Decoder settings that change logits after the LM head (Gemma 2/3 soft-capping, Cohere and Granite
+# scaling). SpeechLLM applies the bare head at target positions only, so it would silently skip them.
+LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 PROJECTOR_FILE = "projector.safetensors"
 LORA_DIR = "lora"
 
@@ -39,6 +42,7 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
     llm = AutoModelForCausalLM.from_pretrained(
         cfg.text_model_id, dtype=dtype, attn_implementation=cfg.attn_implementation
     )
+    require_plain_lm_head(llm.config, cfg.text_model_id)
     # Qwen3-0.6B has 151,936 rows for 151,669 tokens: the new id usually fits, and resizing a
     # tied checkpoint would only add memory. The row's value never matters: audio replaces it.
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
@@ -58,6 +62,17 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
         )
         llm = get_peft_model(llm, lora)
     return SpeechLLM(encoder, projector, llm, tokenizer, cfg)
+
+
+def require_plain_lm_head(config: PretrainedConfig, model_id: str) -> None:
+    for name in LOGIT_POSTPROCESSING:
+        value = getattr(config, name, None)
+        if value is not None and value != 1.0:
+            raise ValueError(
+                f"model.text_model_id={model_id} post-processes its logits ({name}={value}), which the "
+                "labels-only LM head would skip and so train against other logits than the model's; "
+                "use a decoder without it (e.g. Qwen/Qwen3-0.6B)"
+            )
 
 
 def save_pretrained(model: SpeechLLM, directory: Path) -> None:

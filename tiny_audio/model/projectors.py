@@ -98,11 +98,15 @@ class MoEProjector(FrameStackingProjector):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         x = stack_frames(x, self.stride)
-        b, t, d = x.shape
-        flat = x.reshape(b * t, d)  # N, D*k
-        logits = self.router(flat).float()  # N, E
+        b, t, _ = x.shape
+        # Only a clip's own frames are routed: with 30 s padding most frames of a short clip are
+        # padding, which would otherwise dominate the load and z-loss statistics and the compute.
+        # Padded positions come out as zeros; SpeechLLM never reads them.
+        real = torch.arange(t, device=x.device)[None, :] < self.output_lengths(lengths).to(x.device)[:, None]
+        flat = x[real]  # N_real, D*k
+        logits = self.router(flat).float()  # N_real, E
         scores = logits.sigmoid()
-        top_scores, top_idx = scores.topk(self.top_k, dim=-1)  # N, k
+        top_scores, top_idx = scores.topk(self.top_k, dim=-1)  # N_real, k
         gates = top_scores / top_scores.sum(dim=-1, keepdim=True)
         out = self.shared(flat)
         routed = torch.zeros_like(out)
@@ -112,10 +116,14 @@ class MoEProjector(FrameStackingProjector):
                 continue
             contribution = expert(flat[token_idx]) * gates[token_idx, slot].unsqueeze(-1).to(out.dtype)
             routed.index_add_(0, token_idx, contribution)
-        return (out + routed).reshape(b, t, -1), self._aux_loss(logits, scores, top_idx)
+        full = out.new_zeros(b, t, out.shape[-1])
+        full[real] = out + routed  # N_real, H -> B, T', H
+        return full, self._aux_loss(logits, scores, top_idx)
 
     def _aux_loss(self, logits: Tensor, scores: Tensor, top_idx: Tensor) -> Tensor:
         num_experts = logits.shape[-1]
+        if logits.shape[0] == 0:
+            return logits.sum()  # no real frame: nothing to balance, and a graph-connected zero
         # Share of routing slots each expert received vs. the mean normalised score it was given.
         load = F.one_hot(top_idx, num_experts).float().sum(dim=(0, 1)) / top_idx.numel()
         importance = (scores / scores.sum(dim=-1, keepdim=True)).mean(dim=0)

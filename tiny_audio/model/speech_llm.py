@@ -22,10 +22,16 @@ IGNORE_INDEX = -100
 MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
 
 
+def count_targets(labels: Tensor) -> int:
+    """Target tokens in a batch: positions predicted by the one before, i.e. labels[:, 1:]."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 @dataclass
 class SpeechLLMOutput:
-    loss: Tensor  # language-model loss plus any projector auxiliary loss
-    lm_loss: Tensor
+    loss: Tensor  # language-model loss (mean over target tokens) plus any projector auxiliary loss
+    lm_loss: Tensor  # mean over this batch's target tokens
+    lm_loss_sum: Tensor  # summed over target tokens: the trainer divides by a whole window's count
     aux_loss: Tensor | None
     num_target_tokens: int
 
@@ -46,6 +52,16 @@ class SpeechLLM(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.prompts = PromptBuilder(tokenizer)
+
+    def train(self, mode: bool = True) -> SpeechLLM:
+        # A module with nothing to train (the projector in stage 2, the LLM without LoRA) stays in
+        # eval mode, as the encoder does: its dropout would only add noise to what the trainable
+        # part learns from, and inference runs it without.
+        super().train(mode)
+        for module in (self.projector, self.llm):
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+        return self
 
     @property
     def causal_lm(self) -> PreTrainedModel:
@@ -95,10 +111,12 @@ class SpeechLLM(nn.Module):
         # would otherwise cost B x T x 151,936 logits for nothing.
         targets = labels[:, 1:]
         selected = targets != IGNORE_INDEX
-        logits = lm.get_output_embeddings()(hidden[:, :-1][selected]).float()
-        lm_loss = F.cross_entropy(logits, targets[selected])
+        logits = lm.get_output_embeddings()(hidden[:, :-1][selected]).float()  # N_targets, V
+        lm_loss_sum = F.cross_entropy(logits, targets[selected], reduction="sum")
+        count = int(selected.sum())
+        lm_loss = lm_loss_sum / max(count, 1)
         loss = lm_loss if aux_loss is None else lm_loss + aux_loss
-        return SpeechLLMOutput(loss, lm_loss, aux_loss, int(selected.sum()))
+        return SpeechLLMOutput(loss, lm_loss, lm_loss_sum, aux_loss, count)
 
     @torch.no_grad()
     def generate(

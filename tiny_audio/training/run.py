@@ -124,7 +124,7 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         accelerator.init_trackers(
             "tiny-audio",
             config=_flat_config(cfg),
-            init_kwargs=_tracker_kwargs(cfg, output_dir),
+            init_kwargs=_tracker_kwargs(cfg, output_dir, trainer.resumed_wandb_run_id),
         )
     try:
         with full_disk_reported(output_dir, "the tracker logs"):
@@ -178,10 +178,16 @@ def _flat_config(cfg: Config) -> dict[str, Any]:
     return flat
 
 
-def _tracker_kwargs(cfg: Config, output_dir: Path) -> dict[str, Any]:
+def _tracker_kwargs(cfg: Config, output_dir: Path, wandb_run_id: str | None = None) -> dict[str, Any]:
     name = cfg.training.run_name or cfg.experiment
     output_dir.mkdir(parents=True, exist_ok=True)
-    return {"wandb": {"name": name, "dir": str(output_dir)}} if cfg.training.report_to == "wandb" else {}
+    if cfg.training.report_to != "wandb":
+        return {}
+    settings: dict[str, Any] = {"name": name, "dir": str(output_dir)}
+    if wandb_run_id:
+        # A resumed run appends to the run it continues rather than starting a second curve.
+        settings.update(id=wandb_run_id, resume="allow")
+    return {"wandb": settings}
 
 
 USAGE = """usage: python scripts/train.py +experiments=NAME [key=value ...]   (or: ta train ...)

@@ -25,8 +25,8 @@ from transformers import get_scheduler
 
 from tiny_audio.config import Config
 from tiny_audio.data.skips import SkipLedger, add_counts, summarize
-from tiny_audio.model.build import load_weights, save_pretrained
-from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
+from tiny_audio.model.build import load_weights, read_model_config, save_pretrained
+from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM, count_targets
 from tiny_audio.training import checkpoints
 from tiny_audio.training.progress import StepTimer, progress_line
 
@@ -42,6 +42,23 @@ def bf16_autocast(cfg: Config, device: torch.device) -> torch.autocast:
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+# The frozen models and how they see audio: a projector only fits the ones it was trained with.
+FROZEN_SETTINGS = ("audio_model_id", "text_model_id", "encoder_padding")
+
+
+@dataclass
+class WindowLoss:
+    """The losses of one optimizer update, over all of its micro-batches and all ranks."""
+
+    lm_loss_sum: float  # summed over target tokens
+    tokens: int  # target tokens
+    aux_loss: float | None  # projector auxiliary loss, mean over micro-batches and ranks
+
+    @property
+    def lm_loss(self) -> float:
+        return self.lm_loss_sum / max(self.tokens, 1)
 
 
 @dataclass
@@ -109,8 +126,9 @@ class Trainer:
         self.state = TrainState()
         self.skips = SkipLedger()
         self.stop_reason: str | None = None
-        self._aux_window: list[float] = []  # projector auxiliary losses (MoE) since the last log
         self._interrupts = 0
+        self._rng_to_restore: dict[str, Any] | None = None
+        self.resumed_wandb_run_id: str | None = None  # continue the same W&B run after a resume
 
     # --- resume --------------------------------------------------------------------------
 
@@ -122,6 +140,7 @@ class Trainer:
         saved = checkpoints.read_trainer_state(checkpoint)
         model = self.accelerator.unwrap_model(self.model)
         checkpoints.check_compatible(checkpoint, self.cfg.model)
+        self._check_same_frozen_models(checkpoint)
         if saved.get("trainable") == self.trainable_components():
             self._check_same_layout(checkpoint, saved)
             load_weights(model, checkpoint)
@@ -135,7 +154,10 @@ class Trainer:
             for callback in self.callbacks:
                 if type(callback).__name__ in state["callbacks"]:
                     callback.load_state_dict(state["callbacks"][type(callback).__name__])
-            checkpoints.set_rng_state(rank_state["rng"])
+            # Applied once the loop has created its data iterator: creating it draws random numbers
+            # (worker seeds), which an uninterrupted run drew before its first step, not here.
+            self._rng_to_restore = rank_state["rng"]
+            self.resumed_wandb_run_id = saved.get("wandb_run_id")
             self.log(
                 f"Resumed from {checkpoint} at step {self.state.step}: weights, optimizer, data position restored."
             )
@@ -146,6 +168,19 @@ class Trainer:
             f"now training {', '.join(k for k, v in self.trainable_components().items() if v)} "
             "with a fresh optimizer and schedule."
         )
+
+    def _check_same_frozen_models(self, checkpoint: Path) -> None:
+        saved = read_model_config(checkpoint)
+        differ = [k for k in FROZEN_SETTINGS if getattr(saved, k) != getattr(self.cfg.model, k)]
+        if differ:
+            found = ", ".join(
+                f"model.{k}={getattr(saved, k)!r} (config: {getattr(self.cfg.model, k)!r})" for k in differ
+            )
+            fix = " ".join(f"model.{k}={getattr(saved, k)}" for k in differ)
+            raise checkpoints.CheckpointMismatchError(
+                f"{checkpoint} was trained with {found}; its projector only fits those, "
+                f"so set {fix} to continue from it"
+            )
 
     def _check_same_layout(self, checkpoint: Path, saved: dict[str, Any]) -> None:
         """The data position of each loader worker on each rank only fits the same layout."""
@@ -178,8 +213,11 @@ class Trainer:
         args = self.args
         self.model.train()
         batches = iter(self.train_loader)
+        if self._rng_to_restore is not None:
+            checkpoints.set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
         timer = StepTimer()
-        window: list[float] = []
+        window: list[WindowLoss] = []
         window_samples, window_start = 0, time.perf_counter()
         if args.eval_on_start and self.state.step == 0:
             self.evaluate()  # the untrained baseline: where the first curve point of WER starts
@@ -221,35 +259,60 @@ class Trainer:
         """Whether the loop saves after this step (a save step, the last step, or a stop request)."""
         return step % self.args.save_steps == 0 or step == self.args.max_steps or self.stop_reason is not None
 
-    def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float | None, float, int]:
+    def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[WindowLoss | None, float, int]:
         """One optimizer update over `gradient_accumulation_steps` micro-batches."""
-        accumulation = self.args.gradient_accumulation_steps
-        total, samples = 0.0, 0
-        for micro in range(accumulation):
-            batch = next(batches)
+        micro_batches = [next(batches) for _ in range(self.args.gradient_accumulation_steps)]
+        samples = sum(len(batch["texts"]) for batch in micro_batches)
+        for batch in micro_batches:
             self.skips.extend(batch["skipped"])
-            samples += len(batch["texts"])
             self.state.audio_seconds += batch["audio_seconds"]
-            inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
-            sync = micro == accumulation - 1
-            with self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext():
-                with bf16_autocast(self.cfg, self.accelerator.device):
-                    output = self.model(**inputs)
-                self.accelerator.backward(output.loss / accumulation)
-            total += float(output.loss.detach())
-            if output.aux_loss is not None:
-                self._aux_window.append(float(output.aux_loss.detach()))
         self.state.samples_seen += samples
+        # Cleared here rather than after the update, so callbacks can read this update's gradients.
+        self.optimizer.zero_grad(set_to_none=True)
+        lm_loss_sum, aux_loss, tokens = self.accumulate_gradients(micro_batches)
+        aux_loss_sum = aux_loss if aux_loss is not None else 0.0
         grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.args.max_grad_norm))
-        loss = total / accumulation
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            self._skip_update(loss, grad_norm)
+        # One collective: the window's loss over all ranks, and whether any rank saw a non-finite
+        # value. Every rank then takes the same decision, so the replicas cannot drift apart.
+        nonfinite = 0.0 if math.isfinite(lm_loss_sum + aux_loss_sum) and math.isfinite(grad_norm) else 1.0
+        lm_loss_sum, aux_loss_sum, nonfinite = self._sum_over_ranks([lm_loss_sum, aux_loss_sum, nonfinite])
+        divisor = self.accelerator.num_processes * len(micro_batches)
+        loss = WindowLoss(lm_loss_sum, tokens, aux_loss_sum / divisor if aux_loss is not None else None)
+        if nonfinite:
+            self._skip_update(loss.lm_loss, grad_norm)
             return None, grad_norm, samples
         self.state.nonfinite_in_row = 0
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return loss, grad_norm, samples
+
+    def accumulate_gradients(self, micro_batches: list[dict[str, Any]]) -> tuple[float, float | None, int]:
+        """Backward over the micro-batches so the gradient is that of the window's mean token loss.
+
+        Each micro-batch's summed token loss is divided by the target tokens of the whole window
+        on every rank, not averaged per micro-batch: a token in a short-transcript batch then
+        weighs what any other token weighs (the bias transformers fixed in 4.46). Returns this
+        rank's summed token loss, its summed auxiliary loss (None without one) and the window's
+        token count over all ranks.
+        """
+        tokens = int(self._sum_over_ranks([float(sum(count_targets(b["labels"]) for b in micro_batches))])[0])
+        # DDP averages gradients over ranks; multiplying by the number of ranks makes that a sum.
+        scale = self.accelerator.num_processes / max(tokens, 1)
+        lm_loss_sum, aux_loss_sum = 0.0, None
+        last = len(micro_batches) - 1
+        for micro, batch in enumerate(micro_batches):
+            inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
+            with self.accelerator.no_sync(self.model) if micro < last else contextlib.nullcontext():
+                with bf16_autocast(self.cfg, self.accelerator.device):
+                    output = self.model(**inputs)
+                loss = output.lm_loss_sum * scale
+                if output.aux_loss is not None:
+                    # A per-batch statistic (expert load): averaged over micro-batches and ranks.
+                    loss = loss + output.aux_loss / len(micro_batches)
+                    aux_loss_sum = (aux_loss_sum or 0.0) + float(output.aux_loss.detach())
+                self.accelerator.backward(loss)
+            lm_loss_sum += float(output.lm_loss_sum.detach())
+        return lm_loss_sum, aux_loss_sum, tokens
 
     def _skip_update(self, loss: float, grad_norm: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -269,9 +332,14 @@ class Trainer:
                 f"{self.args.max_nonfinite_steps}); lower training.learning_rate or check the data"
             )
 
-    def _log_progress(self, window: list[float], grad_norm: float, samples_per_second: float, timer: StepTimer) -> None:
+    def _log_progress(
+        self, window: list[WindowLoss], grad_norm: float, samples_per_second: float, timer: StepTimer
+    ) -> None:
         step, max_steps = self.state.step, self.args.max_steps
-        loss = sum(window) / len(window) if window else float("nan")
+        # Token-weighted over every update since the last log, as eval/loss is over the eval set.
+        tokens = sum(w.tokens for w in window)
+        loss = sum(w.lm_loss_sum for w in window) / tokens if tokens else float("nan")
+        aux = [w.aux_loss for w in window if w.aux_loss is not None]
         lr = self.scheduler.get_last_lr()[0]
         eta = timer.eta(max_steps - step)
         cost = None
@@ -290,9 +358,9 @@ class Trainer:
             "train/audio_hours": audio_hours,
             "train/nonfinite_updates": float(self.state.nonfinite_total),
         }
-        if self._aux_window:
-            metrics["train/aux_loss"] = sum(self._aux_window) / len(self._aux_window)
-            self._aux_window = []
+        if aux:
+            # Logged apart: train/loss is the language-model loss alone, comparable with eval/loss.
+            metrics["train/aux_loss"] = sum(aux) / len(aux)
         skipped = add_counts(self._from_all_ranks(self.skips.counts()))
         metrics.update({f"data/skipped_{reason}": float(n) for reason, n in skipped.items()})
         if skipped:
@@ -308,19 +376,20 @@ class Trainer:
         if self.eval_loader_factory is None:
             return {}
         self.model.eval()
+        # The bare model: a DDP forward may broadcast buffers, a collective that would wait forever
+        # for a rank whose share of the eval split holds fewer batches (or none).
+        model = self.accelerator.unwrap_model(self.model)
         total, tokens = 0.0, 0
         for batch in self.eval_loader_factory():
             inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
             with bf16_autocast(self.cfg, self.accelerator.device):
-                output = self.model(**inputs)
-            total += float(output.lm_loss) * output.num_target_tokens
+                output = model(**inputs)
+            total += float(output.lm_loss_sum)
             tokens += output.num_target_tokens
         self.model.train()
         # Each rank read its own share of the eval split: the loss is over all of them.
-        sums = torch.tensor([total, float(tokens)], dtype=torch.float64, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            sums = self.accelerator.reduce(sums, reduction="sum")
-        total, tokens = float(sums[0]), int(sums[1])
+        total, tokens_summed = self._sum_over_ranks([total, float(tokens)])
+        tokens = int(tokens_summed)
         metrics: dict[str, Any] = {"eval/loss": total / tokens if tokens else float("nan")}
         self.state.history["eval_loss"].append(metrics["eval/loss"])
         for callback in self.callbacks:
@@ -354,6 +423,7 @@ class Trainer:
             "train_loss": self.state.history["train_loss"][-1:] or None,
             "eval_loss": self.state.history["eval_loss"][-1:] or None,
             "layout": {"processes": self.accelerator.num_processes, "data.num_workers": self.cfg.data.num_workers},
+            "wandb_run_id": self._wandb_run_id(),
         }
         training_state = {
             "optimizer": self.optimizer.state_dict(),
@@ -372,6 +442,12 @@ class Trainer:
             callback.on_save(self, path)
         return path
 
+    def _wandb_run_id(self) -> str | None:
+        """Kept in the checkpoint so a resumed run continues the same W&B run, one curve per run."""
+        if self.args.report_to != "wandb":
+            return None
+        return self.accelerator.get_tracker("wandb", unwrap=True).id
+
     # --- several processes -----------------------------------------------------------------
 
     def _from_all_ranks(self, value: Any) -> list[Any]:
@@ -379,6 +455,15 @@ class Trainer:
         if self.accelerator.num_processes == 1:
             return [value]
         return gather_object([value])
+
+    def _sum_over_ranks(self, values: list[float]) -> list[float]:
+        """Element-wise sum of `values` over ranks (a collective: every rank must call it)."""
+        if self.accelerator.num_processes == 1:
+            return values
+        summed = self.accelerator.reduce(
+            torch.tensor(values, dtype=torch.float64, device=self.accelerator.device), reduction="sum"
+        )
+        return summed.tolist()
 
     def _any_rank_stopping(self) -> bool:
         """A signal reaches ranks at different moments; stopping together avoids a hung all-reduce."""
