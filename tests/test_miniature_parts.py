@@ -101,11 +101,15 @@ def test_a_run_records_its_metrics_and_the_plot_draws_them(tiny_run_config, tmp_
     second = output.parent / "stage2"
     second.mkdir()
     (second / METRICS_FILE).write_text(
-        "\n".join(json.dumps(r) for r in ({"step": 4, "event": "eval", "eval/loss": 1.0, "eval/wer": 0.4},))
+        "\n".join(
+            json.dumps({"step": step, "event": "eval", "eval/loss": 1.0, "eval/wer": wer})
+            for step, wer in ((0, 0.9), (4, 0.4))
+        )
     )
     stages = stage_curves([output, second], ["stage 1", "stage 2"])
-    assert stages[1].offset == 10 and stages[1].eval_loss == [(14, 1.0)]
-    assert stages[1].intelligible_step == 4
+    assert stages[1].offset == 10 and stages[1].eval_loss == [(10, 1.0), (14, 1.0)]
+    assert stages[1].intelligible_step == 4  # the first evaluation below 50% after one above it
+    assert stages[0].intelligible_step is None  # the tiny random models never become intelligible
     png = plot_stages(stages, tmp_path / "plot" / "curves.png")
     assert png.read_bytes()[:8] == PNG_SIGNATURE
     import matplotlib.image
