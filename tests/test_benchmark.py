@@ -16,8 +16,8 @@ from tiny_audio.benchmark.flops import (
     TransformerShape,
     encoder_forward_flops,
     encoder_shape,
-    lm_head_train_flops,
     llm_shape,
+    lm_head_train_flops,
     mlp_projector_train_flops,
 )
 from tiny_audio.config import Config
