@@ -1,18 +1,118 @@
-"""The step benchmark runs on the tiny fixtures and reports padding waste correctly (figures not asserted)."""
+"""The step benchmark: FLOP formulas against hand counts and torch's own counter; a run on the tiny fixtures."""
 
+from __future__ import annotations
+
+import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tests.conftest import tone
 from tiny_audio.benchmark import run_benchmark
+from tiny_audio.benchmark.flops import (
+    TransformerShape,
+    encoder_forward_flops,
+    encoder_shape,
+    llm_shape,
+    lm_head_train_flops,
+    mlp_projector_train_flops,
+)
+from tiny_audio.config import Config
+from tiny_audio.data.collator import collator_for
+from tiny_audio.model.build import build_model
 
 
-def test_benchmark_reports_both_padding_modes(tiny_fixtures, tmp_path: Path) -> None:
+def test_transformer_flops_by_hand() -> None:
+    shape = TransformerShape(layers=2, hidden=8, heads=2, kv_heads=1, head_dim=4, ffn=16, gated=True)
+    # Per layer and token: q 2*8*8 + k,v 2*(2*8*4) + o 2*8*8 + gated MLP 3*(2*8*16) = 128+128+128+768.
+    assert shape.linear_flops_per_token() == 2 * 1152
+    # QK^T and AV over 10 x 10 positions, 2 heads x 4 dims, 2 layers: 2 * 2*(2*10*10*8).
+    assert shape.attention_flops(10) == 6400
+    assert shape.forward_flops(10) == 10 * 2304 + 6400
+    assert shape.frozen_backward_flops(10) == 10 * 2304 + 2 * 6400
+    # mlp projector, 3 tokens, 20 -> 6 -> 8: forward 2*3*(120 + 48); backward dW1 + dW2 + dX2.
+    assert mlp_projector_train_flops(3, 20, 6, 8) == 2 * 3 * (120 + 48) + 2 * 3 * (120 + 2 * 48)
+    assert lm_head_train_flops(5, 8, 100) == 2 * (2 * 5 * 8 * 100)
+    # Encoder on 9 mel frames of 4 bins: conv1 on 9 frames, conv2 and the layers on 5.
+    plain = dataclasses.replace(shape, gated=False)
+    assert encoder_forward_flops(plain, 4, 9) == 2 * 9 * 4 * 3 * 8 + 2 * 5 * 3 * 8 * 8 + plain.forward_flops(5)
+
+
+def test_encoder_and_llm_formulas_match_torchs_flop_counter(tiny_model_config) -> None:
+    model = build_model(tiny_model_config(encoder_padding="longest"))
+    batch = collator_for(model, 16000)([{"audio": tone(1.3), "text": "one two three"}])
+    features = batch["input_features"]
+    shape, n_mels = encoder_shape(model.encoder.module.config)
+    with FlopCounterMode(display=False) as counter:
+        model.encoder.module(features)
+    # torch's counter skips the CPU attention kernel (SDPA for CPU is not in its table): add it back.
+    frames = (features.shape[-1] - 1) // 2 + 1
+    counted = counter.get_total_flops() + shape.attention_flops(frames)
+    assert counted == encoder_forward_flops(shape, n_mels, features.shape[-1])
+    decoder = getattr(model.causal_lm, model.causal_lm.base_model_prefix)
+    ids = batch["input_ids"]
+    with FlopCounterMode(display=False) as counter:
+        decoder(input_ids=ids)
+    llm = llm_shape(model.causal_lm.config)
+    assert counter.get_total_flops() + llm.attention_flops(ids.shape[1]) == llm.forward_flops(ids.shape[1])
+
+
+def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, tmp_path: Path) -> None:
+    cfg = Config(experiment="bench")
+    cfg.model = tiny_model_config()
+    cfg.training = dataclasses.replace(cfg.training, per_device_train_batch_size=2, bf16=False)
     out = tmp_path / "bench.json"
-    results = run_benchmark(
-        str(tiny_fixtures["glm_asr"]), str(tiny_fixtures["qwen3"]), steps=1, warmup=0, bf16=False, out=out, log=print
+    report = run_benchmark(cfg, steps=2, warmup=1, workers=0, ceiling_seconds=0.1, out=out, log=print)
+    assert json.loads(out.read_text()) == report
+    by_mode = {r["config"]["encoder_padding"]: r for r in report["runs"]}
+    assert set(report["matmul_ceiling_flops_per_second"]) == {"bfloat16", "float32"}
+    for run in report["runs"]:
+        assert run["steps"] == 2 and len(run["step_seconds"]["all"]) == 2
+        assert run["step_seconds"]["p90"] >= run["step_seconds"]["median"] > 0
+        assert set(run["time_breakdown_seconds_per_step"]) == {
+            "encoder_forward",
+            "projector_forward",
+            "llm_forward",
+            "forward_rest",
+            "backward",
+            "optimizer",
+            "data_wait",
+        }
+        assert sum(run["time_breakdown_seconds_per_step"].values()) > 0
+        as_run, useful = run["flops_per_step"]["as_run"], run["flops_per_step"]["useful"]
+        assert as_run["total"] == sum(v for k, v in as_run.items() if k != "total")
+        assert useful["encoder_forward"] <= as_run["encoder_forward"] and useful["lm_head"] == as_run["lm_head"]
+        assert run["data_loader"]["ratio_to_step"] > 0 and run["projected_course_stage1_hours"] > 0
+        assert 0 < run["fraction_of_matmul_ceiling"]["useful"] <= run["fraction_of_matmul_ceiling"]["as_run"]
+    assert "launch_to_first_step_seconds" in report["runs"][0]
+    # 2-7 s clips padded to 30 s: at least 23/30 of the frames are padding; far less padded to the longest.
+    assert by_mode["max_length"]["padding"]["audio_frames"] > 23 / 30 - 0.01
+    assert by_mode["longest"]["padding"]["audio_frames"] < 0.5
+    assert (
+        by_mode["max_length"]["flops_per_step"]["as_run"]["encoder_forward"]
+        > 4 * (by_mode["longest"]["flops_per_step"]["as_run"]["encoder_forward"])
     )
-    by_mode = {r["encoder_padding"]: r for r in results}
-    # 2-7 s clips padded to 30 s: at most 7/30 of the frames are real.
-    assert by_mode["max_length"]["real_frame_share"] < 7 / 30 + 0.01
-    assert by_mode["longest"]["real_frame_share"] > 0.5
-    assert json.loads(out.read_text()) == results
+
+
+@pytest.mark.parametrize("bad", ["--padding=sideways"])
+def test_benchmark_cli_rejects_a_bad_padding(bad: str) -> None:
+    from typer.testing import CliRunner
+
+    from tiny_audio.cli import app
+
+    result = CliRunner().invoke(app, ["benchmark", bad])
+    assert result.exit_code == 2 and "--padding='sideways' is not allowed" in result.output
+
+
+def test_flop_counter_sees_the_mlp_projector_as_written(tiny_model_config) -> None:
+    model = build_model(tiny_model_config())
+    net = model.projector.net
+    x = torch.randn(1, 3 * model.projector.stride, net[0].in_features // model.projector.stride)
+    with FlopCounterMode(display=False) as counter:
+        model.projector(x, torch.tensor([x.shape[1]]))[0].sum().backward()
+    assert counter.get_total_flops() == mlp_projector_train_flops(
+        3, net[0].in_features, net[0].out_features, net[2].out_features
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from transformers.utils import logging as transformers_logging
 
+from tiny_audio.benchmark.cli import benchmark
 from tiny_audio.data.cli import app as data_app
 from tiny_audio.evaluation.cli import app as evaluation_app
 from tiny_audio.export.cli import app as export_app
@@ -35,8 +36,25 @@ def train(
     preflight: bool = typer.Option(
         False, "--preflight", help="Only check config, models, data, memory, disk, Hub and tracker; then exit."
     ),
+    nproc: int | None = typer.Option(None, help="Processes (GPUs) on this node, under torchrun."),
+    nnodes: int = typer.Option(1, help="Nodes in the run (with --nproc); every node runs the same command."),
+    node_rank: int = typer.Option(0, help="This node's rank, 0 to nnodes - 1 (with --nnodes > 1)."),
+    rdzv_endpoint: str | None = typer.Option(None, help="HOST:PORT of node 0, where the nodes meet (--nnodes > 1)."),
 ) -> None:
     """Train with Hydra overrides, exactly as scripts/train.py: `ta train +experiments=mlp training.max_steps=10`."""
+    if nproc is not None:
+        import subprocess
+
+        from tiny_audio.training.launch import torchrun_command
+
+        try:
+            command = torchrun_command(
+                nproc, list(ctx.args), nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint
+            )
+        except ValueError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        raise typer.Exit(subprocess.call(command))
     if preflight:
         from tiny_audio.training.preflight import preflight_main
 
@@ -69,20 +87,7 @@ def build_fixtures_command(
         typer.echo(f"{name}: {path}")
 
 
-@app.command("benchmark")
-def benchmark_command(
-    fixtures_dir: str = typer.Argument(..., help="Output of `ta fixtures build DIR --shape full` (or tiny)."),
-    batch_size: int = typer.Option(2, help="Clips per step."),
-    steps: int = typer.Option(4, help="Timed steps per padding mode (after one warm-up step)."),
-    bf16: bool = typer.Option(True, help="bf16 weights and autocast, as training runs."),
-    out: str = typer.Option("outputs/benchmark.json", help="Where to write the figures as JSON."),
-) -> None:
-    """Time real training steps with 30 s padding vs padding to the longest clip of each batch."""
-    from pathlib import Path
-
-    from tiny_audio.benchmark import run_benchmark
-
-    root = Path(fixtures_dir)
-    run_benchmark(
-        str(root / "glm-asr"), str(root / "qwen3"), batch_size=batch_size, steps=steps, bf16=bf16, out=Path(out)
-    )
+app.command(
+    "benchmark",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)(benchmark)

@@ -19,6 +19,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PROJECTOR_TYPES = ("mlp", "mosa", "moe", "qformer")
 TRACKERS = ("wandb", "tensorboard", "trackio", "none")
+# transformers' scheduler names (get_scheduler); see tiny_audio/training/optim.py.
+LR_SCHEDULERS = (
+    "cosine",
+    "linear",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_min_lr",
+    "polynomial",
+    "warmup_stable_decay",
+)
 
 
 class ConfigError(ValueError):
@@ -114,6 +124,9 @@ class ModelConfig:
     # mask-free encoder then sees a clip differently with its batch mates, and unlike pretraining.
     encoder_padding: str = "max_length"
     attn_implementation: str = "sdpa"
+    # Training only: each projected audio token is zeroed with this probability (the rest scaled by
+    # 1/(1-p), as dropout does), so the LLM cannot lean on any single audio position.
+    audio_token_dropout: float = 0.0
     lora: LoraConfig = field(default_factory=LoraConfig)
     mosa: MosaConfig = field(default_factory=MosaConfig)
     moe: MoeConfig = field(default_factory=MoeConfig)
@@ -143,6 +156,12 @@ class ModelConfig:
             self.projector_trainable,
             "true unless model.lora.enabled is true (otherwise nothing would train)",
         )
+        _require(
+            0 <= self.audio_token_dropout < 1,
+            f"{prefix}.audio_token_dropout",
+            self.audio_token_dropout,
+            "0 <= p < 1, e.g. 0.1",
+        )
         self.lora.validate(f"{prefix}.lora")
         self.mosa.validate(f"{prefix}.mosa")
         self.moe.validate(f"{prefix}.moe")
@@ -165,6 +184,26 @@ class DatasetConfig:
 
 
 @dataclass
+class SpecAugmentConfig:
+    """Time and frequency masks on training mel features (SpecAugment, arXiv:1904.08779).
+
+    Defaults are the paper's LibriSpeech-double policy (2 frequency masks of up to 27 mel bins,
+    2 time masks of up to 100 frames = 1 s); widths are maxima, each mask's width is drawn in [0, max].
+    """
+
+    enabled: bool = False
+    time_masks: int = 2
+    time_mask_width: int = 100  # mel frames (10 ms each)
+    freq_masks: int = 2
+    freq_mask_width: int = 27  # mel bins
+
+    def validate(self, prefix: str) -> None:
+        for name in ("time_masks", "time_mask_width", "freq_masks", "freq_mask_width"):
+            value = getattr(self, name)
+            _require(value >= 0, f"{prefix}.{name}", value, ">= 0")
+
+
+@dataclass
 class DataConfig:
     datasets: list[DatasetConfig] = field(default_factory=list)
     streaming: bool = True
@@ -183,6 +222,12 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 1000
     seed: int = 42
+    # Duration bucketing of the train stream: read `bucket_buffer` samples, sort them by duration,
+    # cut them into batches and shuffle those batches; less padding of text (and of audio with
+    # model.encoder_padding=longest). Resume stays exact: see tiny_audio/data/bucketing.py.
+    group_by_length: bool = False
+    bucket_buffer: int = 256  # samples per worker held decoded in memory while sorting
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
     def validate(self, prefix: str = "data") -> None:
         _require(bool(self.datasets), f"{prefix}.datasets", list(self.datasets), "at least one dataset entry")
@@ -207,6 +252,8 @@ class DataConfig:
         _require(self.bad_check_samples >= 1, f"{prefix}.bad_check_samples", self.bad_check_samples, ">= 1")
         _require(self.num_workers >= 0, f"{prefix}.num_workers", self.num_workers, ">= 0")
         _require(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", self.shuffle_buffer, ">= 0")
+        _require(self.bucket_buffer >= 1, f"{prefix}.bucket_buffer", self.bucket_buffer, ">= 1, e.g. 256")
+        self.spec_augment.validate(f"{prefix}.spec_augment")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"{prefix}.{name}", value, "null or >= 1")
@@ -232,7 +279,12 @@ class TrainingConfig:
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 4
     warmup_steps: int = 1000
+    # See LR_SCHEDULERS; the floor-reaching ones (cosine_with_min_lr, polynomial,
+    # warmup_stable_decay) end at learning_rate * min_lr_ratio.
     lr_scheduler_type: str = "cosine"
+    min_lr_ratio: float = 0.0
+    # warmup_stable_decay: share of max_steps spent decaying at the end (the rest after warm-up is flat).
+    decay_ratio: float = 0.1
     weight_decay: float = 0.0
     # AdamW's moment decay rates and epsilon, named as in transformers' TrainingArguments.
     adam_beta1: float = 0.9
@@ -263,6 +315,13 @@ class TrainingConfig:
     hub_push_retries: int = 3
     # Check config, models, data, memory, disk, Hub and tracker before the first step.
     preflight: bool = True
+    # Recompute the LLM's activations in the backward pass instead of keeping them: less memory
+    # (larger batches) for ~30% more LLM compute. Same loss and gradients.
+    gradient_checkpointing: bool = False
+    # torch.compile the LLM and the projector (falls back to eager, with a warning, where unsupported).
+    torch_compile: bool = False
+    # TF32 matmuls on Ampere+ GPUs for the float32 parts (projector); no effect on CPU.
+    tf32: bool = False
 
     @property
     def pushes_to_hub(self) -> bool:
@@ -295,13 +354,22 @@ class TrainingConfig:
         _require(self.hub_push_retries >= 0, f"{prefix}.hub_push_retries", self.hub_push_retries, ">= 0")
         self.early_stopping.validate(f"{prefix}.early_stopping")
         _require(self.eval_wer_samples >= 0, f"{prefix}.eval_wer_samples", self.eval_wer_samples, ">= 0")
-        schedulers = ("cosine", "linear", "constant")
         _require(
-            self.lr_scheduler_type in schedulers,
+            self.lr_scheduler_type in LR_SCHEDULERS,
             f"{prefix}.lr_scheduler_type",
             self.lr_scheduler_type,
-            f"one of {', '.join(schedulers)}",
+            f"one of {', '.join(LR_SCHEDULERS)}",
         )
+        _require(0 <= self.min_lr_ratio < 1, f"{prefix}.min_lr_ratio", self.min_lr_ratio, "0 <= ratio < 1, e.g. 0.1")
+        _require(0 < self.decay_ratio <= 1, f"{prefix}.decay_ratio", self.decay_ratio, "0 < ratio <= 1, e.g. 0.1")
+        if self.lr_scheduler_type == "warmup_stable_decay":
+            decay = round(self.max_steps * self.decay_ratio)
+            _require(
+                self.warmup_steps + decay <= self.max_steps,
+                f"{prefix}.warmup_steps",
+                self.warmup_steps,
+                f"at most max_steps - decay steps ({self.max_steps} - {decay}) for warmup_stable_decay",
+            )
         _require(self.report_to in TRACKERS, f"{prefix}.report_to", self.report_to, f"one of {', '.join(TRACKERS)}")
         _require(
             self.gpu_hourly_usd is None or self.gpu_hourly_usd >= 0,

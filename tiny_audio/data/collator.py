@@ -32,6 +32,7 @@ class SpeechCollator:
         pad_to_max_length: bool,
         sample_rate: int,
         with_targets: bool = True,
+        augment: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         self.prompts = prompts
         self.feature_extractor = feature_extractor
@@ -40,6 +41,7 @@ class SpeechCollator:
         self.pad_to_max_length = pad_to_max_length
         self.sample_rate = sample_rate
         self.with_targets = with_targets
+        self.augment = augment  # (features, mel_lengths) -> features; the train loader's collator only
         self.pad_id = prompts.tokenizer.pad_token_id
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -85,6 +87,8 @@ class SpeechCollator:
         # last partial hop up and an unpadded one's down, so a clip's length would depend on its batch.
         hop = self.feature_extractor.hop_length
         mel_lengths = torch.tensor([len(a) // hop for a in audio]).clamp(min=1, max=features.shape[-1])
+        if self.augment is not None:
+            features = self.augment(features, mel_lengths)
         return {"input_features": features, "mel_lengths": mel_lengths}
 
     @staticmethod
@@ -99,8 +103,13 @@ class SpeechCollator:
         return ids, mask
 
 
-def collator_for(model: SpeechLLM, sample_rate: int, with_targets: bool = True) -> SpeechCollator:
-    """The collator matching `model`'s feature extractor, encoder and projector."""
+def collator_for(
+    model: SpeechLLM,
+    sample_rate: int,
+    with_targets: bool = True,
+    augment: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> SpeechCollator:
+    """The collator matching `model`'s feature extractor, encoder and projector (`augment`: training only)."""
     encoder = model.encoder
     return SpeechCollator(
         prompts=model.prompts,
@@ -110,4 +119,5 @@ def collator_for(model: SpeechLLM, sample_rate: int, with_targets: bool = True) 
         pad_to_max_length=encoder.fixed_frames is not None or model.config.encoder_padding == "max_length",
         sample_rate=sample_rate,
         with_targets=with_targets,
+        augment=augment,
     )

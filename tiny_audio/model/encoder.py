@@ -57,6 +57,9 @@ class AudioEncoder(nn.Module):
         )
         self.module.requires_grad_(False)
         self.module.eval()
+        # Clips per encoder call; larger batches are encoded in chunks. Set to the train batch size,
+        # evaluation (8 clips x 30 s) then peaks no higher than a training step does.
+        self.max_batch: int | None = None
 
     def train(self, mode: bool = True) -> AudioEncoder:
         # Frozen: stays in eval mode whatever the parent module asks.
@@ -67,10 +70,18 @@ class AudioEncoder(nn.Module):
         # conv1 (k3, s1, p1) keeps the length; conv2 (k3, s2, p1) halves it, rounding up.
         return (mel_lengths - 1) // 2 + 1
 
-    @torch.no_grad()
     def forward(self, input_features: Tensor) -> Tensor:
         dtype = next(self.module.parameters()).dtype
-        return self.module(input_features.to(dtype)).last_hidden_state
+        step = self.max_batch or input_features.shape[0]
+        # Inference mode: frozen, so no autograd bookkeeping at all (not even version counters).
+        with torch.inference_mode():
+            chunks = [
+                self.module(input_features[i : i + step].to(dtype)).last_hidden_state
+                for i in range(0, input_features.shape[0], step)
+            ]
+            hidden = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        # An inference tensor cannot be saved for the projector's backward; a normal copy can.
+        return hidden.clone()
 
 
 def load_audio_encoder(model_id: str, dtype: torch.dtype, attn_implementation: str = "sdpa") -> AudioEncoder:

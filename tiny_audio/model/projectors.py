@@ -32,6 +32,12 @@ class FrameStackingProjector(nn.Module):
         super().__init__()
         self.stride = stride
 
+    @property
+    def frame_unit(self) -> int:
+        """Frames each output depends on as a group: outputs for a frame prefix that is a whole number
+        of units do not depend on frames past it."""
+        return self.stride
+
     def output_lengths(self, encoder_lengths: Tensor) -> Tensor:
         return (encoder_lengths - self.stride) // self.stride + 1
 
@@ -159,6 +165,10 @@ class QFormerProjector(nn.Module):
         self.queries = nn.Parameter(torch.randn(1, q.num_queries, q.hidden_size) * 0.02)
         self.out = nn.Linear(q.hidden_size, llm_dim)
 
+    @property
+    def frame_unit(self) -> int:
+        return self.window
+
     def output_lengths(self, encoder_lengths: Tensor) -> Tensor:
         return (encoder_lengths + self.window - 1) // self.window * self.num_queries
 
@@ -196,6 +206,10 @@ class OutputNormProjector(nn.Module):
         self.projector = projector
         self.norm = nn.RMSNorm(llm_dim, eps=1e-6)
         nn.init.constant_(self.norm.weight, embedding_rms)
+
+    @property
+    def frame_unit(self) -> int:
+        return self.projector.frame_unit
 
     def output_lengths(self, encoder_lengths: Tensor) -> Tensor:
         return self.projector.output_lengths(encoder_lengths)

@@ -76,6 +76,11 @@ class SpeechLLM(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Prompt embeddings with each sample's `<audio>` positions replaced by its projected audio."""
         hidden = self.encoder(input_features)  # B, T_enc, D_enc
+        # Frames past the longest clip (30 s padding) feed only outputs nobody reads: cut them,
+        # keeping whole projector groups so the outputs that are read do not change.
+        unit = self.projector.frame_unit
+        needed = -(-int(encoder_lengths.max()) // unit) * unit
+        hidden = hidden[:, : max(needed, unit)]  # B, T_enc, D -> B, T_needed, D
         projected, aux_loss = self.projector(hidden.float(), encoder_lengths)  # B, T_out, H
         counts = self.audio_token_counts(encoder_lengths)
         audio_mask = input_ids == self.prompts.audio_token_id
@@ -91,6 +96,8 @@ class SpeechLLM(nn.Module):
         )
         embeds = self.causal_lm.get_input_embeddings()(input_ids)
         audio = projected[valid].to(embeds.dtype)  # N_audio, H in batch order, as masked_scatter fills
+        if self.training and self.config.audio_token_dropout > 0:
+            audio = drop_tokens(audio, self.config.audio_token_dropout)
         embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), audio)
         return embeds, aux_loss
 
@@ -139,3 +146,9 @@ class SpeechLLM(nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             **generate_kwargs,
         )
+
+
+def drop_tokens(tokens: Tensor, p: float) -> Tensor:
+    """Zero whole token vectors (N, H) with probability p, scaling the kept ones by 1/(1-p)."""
+    keep = torch.rand(tokens.shape[0], 1, device=tokens.device) >= p  # N, 1
+    return tokens * keep.to(tokens.dtype) / (1 - p)

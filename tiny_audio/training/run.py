@@ -16,13 +16,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
-from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tiny_audio.config import Config
 from tiny_audio.data.collator import collator_for
 from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.sources import DataSourceError
-from tiny_audio.data.stream import build_eval_stream, build_train_stream
+from tiny_audio.data.stream import build_eval_stream
 from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.scale import projector_scale_ratio
@@ -30,7 +29,9 @@ from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.checkpoints import CheckpointMismatchError
 from tiny_audio.training.disk import DiskFullError, disk_full_error, is_disk_full
+from tiny_audio.training.loaders import build_train_loader
 from tiny_audio.training.operations import operations_callbacks
+from tiny_audio.training.optim import apply_speed_settings
 from tiny_audio.training.preflight import PreflightError, require_memory_fits, require_preflight
 from tiny_audio.training.terminal import TerminalProgress
 from tiny_audio.training.tracking import TrackerLoginError, require_tracker
@@ -89,14 +90,11 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
     log(describe_parameters(model))
     if args.preflight and torch.cuda.is_available():
         require_memory_fits(cfg, model, accelerator, log=log)
+    apply_speed_settings(model, args, log=log)
+    model.encoder.max_batch = args.per_device_train_batch_size
     collator = collator_for(model, cfg.data.sample_rate)
     rank, world = accelerator.process_index, accelerator.num_processes
-    train_loader = StatefulDataLoader(
-        build_train_stream(cfg.data, rank=rank, world_size=world),
-        batch_size=args.per_device_train_batch_size,
-        collate_fn=collator,
-        num_workers=cfg.data.num_workers,
-    )
+    train_loader = build_train_loader(cfg, model, rank=rank, world_size=world)
     eval_stream = build_eval_stream(cfg.data, rank=rank, world_size=world)
 
     def eval_loader() -> DataLoader:
@@ -108,7 +106,8 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         )
 
     if resume_from is None:
-        log(describe_projector_scale(model, collator, eval_stream, args.per_device_eval_batch_size))
+        # Two clips estimate an RMS well enough; eight 30 s clips cost seconds before the first step.
+        log(describe_projector_scale(model, collator, eval_stream, min(2, args.per_device_eval_batch_size)))
     model = accelerator.prepare(model)
     # WER first: the tracker callback tables the predictions it adds.
     callbacks = [WerCallback(), *(callbacks or []), *operations_callbacks(cfg)]

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, send_to_device
-from transformers import get_scheduler
 
 from tiny_audio.config import Config
 from tiny_audio.data.skips import SkipLedger, add_counts, summarize
 from tiny_audio.model.build import load_weights, read_model_config, save_pretrained
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM, count_targets
 from tiny_audio.training import checkpoints
+from tiny_audio.training.optim import build_optimizer, build_scheduler
 from tiny_audio.training.progress import StepTimer, progress_line
 
 
@@ -110,19 +110,8 @@ class Trainer:
         self.callbacks = callbacks
         self.log = log
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params,
-            lr=self.args.learning_rate,
-            betas=(self.args.adam_beta1, self.args.adam_beta2),
-            eps=self.args.adam_epsilon,
-            weight_decay=self.args.weight_decay,
-        )
-        self.scheduler = get_scheduler(
-            self.args.lr_scheduler_type,
-            self.optimizer,
-            num_warmup_steps=self.args.warmup_steps,
-            num_training_steps=self.args.max_steps,
-        )
+        self.optimizer = build_optimizer(self.params, self.args, accelerator.device)
+        self.scheduler = build_scheduler(self.optimizer, self.args)
         self.state = TrainState()
         self.skips = SkipLedger()
         self.stop_reason: str | None = None

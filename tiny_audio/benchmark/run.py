@@ -1,0 +1,98 @@
+"""Run the benchmark for one config and each encoder padding mode; print a table, write JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tiny_audio.benchmark.ceiling import matmul_ceiling
+from tiny_audio.benchmark.measure import measure, process_seconds, synthetic_samples
+from tiny_audio.benchmark.report import format_table
+from tiny_audio.config import Config
+
+# The course's stage 1: 50,000 optimizer steps of 4 clips x 4 accumulation steps.
+COURSE_STAGE1_SAMPLES = 50_000 * 16
+
+
+def run_benchmark(
+    cfg: Config,
+    *,
+    paddings: tuple[str, ...] = ("max_length", "longest"),
+    steps: int = 4,
+    warmup: int = 1,
+    min_seconds: float = 2.0,
+    max_seconds: float = 7.0,
+    seed: int = 0,
+    workers: int | None = None,
+    ceiling_seconds: float = 1.0,
+    out: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Figures per padding mode, plus the machine and its matmul ceiling; written to `out` as JSON."""
+    batch_size = cfg.training.per_device_train_batch_size
+    samples = synthetic_samples(batch_size * (steps + warmup), min_seconds, max_seconds, seed)
+    workers = cfg.data.num_workers if workers is None else workers
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runs = []
+    for index, padding in enumerate(paddings):
+        torch.manual_seed(seed)
+        run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_padding=padding))
+        result = measure(run_cfg, samples, warmup=warmup, workers=workers)
+        if index == 0:
+            # Only the first run starts with the process; later ones reuse its imports.
+            result["launch_to_first_step_seconds"] = process_seconds() - _since_first_step(result)
+        result["config"] = _describe(run_cfg, samples_seconds=(min_seconds, max_seconds))
+        result["projected_course_stage1_hours"] = COURSE_STAGE1_SAMPLES / result["samples_per_second"] / 3600
+        runs.append(result)
+    ceiling = matmul_ceiling(device, seconds=ceiling_seconds)
+    for result in runs:
+        peak = ceiling["bfloat16" if result["config"]["bf16"] else "float32"]
+        result["fraction_of_matmul_ceiling"] = {k: v / peak for k, v in result["flops_per_second"].items()}
+    report = {"machine": _machine(device), "matmul_ceiling_flops_per_second": ceiling, "runs": runs}
+    log(format_table(report))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"Wrote {out}")
+    return report
+
+
+def _since_first_step(result: dict[str, Any]) -> float:
+    """Seconds from the end of the first step to now: the timed steps, the loader probe."""
+    return result.pop("_after_first_step_seconds")
+
+
+def _describe(cfg: Config, samples_seconds: tuple[float, float]) -> dict[str, Any]:
+    m, t = cfg.model, cfg.training
+    return {
+        "experiment": cfg.experiment,
+        "audio_model_id": m.audio_model_id,
+        "text_model_id": m.text_model_id,
+        "projector_type": m.projector_type,
+        "encoder_padding": m.encoder_padding,
+        "dtype": m.dtype,
+        "bf16": t.bf16 and (torch.cuda.is_available() or m.dtype == "bfloat16"),
+        "batch_size": t.per_device_train_batch_size,
+        "trainable": {"projector": m.projector_trainable, "lora": m.lora.enabled},
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "torch_compile": t.torch_compile,
+        "clip_seconds": list(samples_seconds),
+    }
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+    }

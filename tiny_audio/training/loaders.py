@@ -1,0 +1,34 @@
+"""The train loader: stream (bucketed if asked) -> augmenting collator -> stateful batches.
+
+Evaluation builds its own loader from the plain collator: augmentation never reaches it.
+"""
+
+from __future__ import annotations
+
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from tiny_audio.config import Config
+from tiny_audio.data.augment import train_augmentation
+from tiny_audio.data.bucketing import bucketed
+from tiny_audio.data.collator import collator_for
+from tiny_audio.data.stream import build_train_stream
+from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.training.optim import loader_speedups
+
+
+def build_train_loader(cfg: Config, model: SpeechLLM, *, rank: int = 0, world_size: int = 1) -> StatefulDataLoader:
+    batch_size = cfg.training.per_device_train_batch_size
+    stream = bucketed(
+        build_train_stream(cfg.data, rank=rank, world_size=world_size),
+        group_by_length=cfg.data.group_by_length,
+        batch_size=batch_size,
+        buffer_size=cfg.data.bucket_buffer,
+        seed=cfg.data.seed,
+    )
+    return StatefulDataLoader(
+        stream,
+        batch_size=batch_size,
+        collate_fn=collator_for(model, cfg.data.sample_rate, augment=train_augmentation(cfg.data)),
+        num_workers=cfg.data.num_workers,
+        **loader_speedups(cfg.data.num_workers),
+    )

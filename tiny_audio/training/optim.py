@@ -1,0 +1,91 @@
+"""Optimizer, learning-rate schedule and the per-run speed settings (TF32, checkpointing, compile).
+
+Kept apart from the loop so that the benchmark builds exactly what training builds.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import get_scheduler
+
+from tiny_audio.config import TrainingConfig
+from tiny_audio.model.speech_llm import SpeechLLM
+
+
+def build_optimizer(params: Iterable[nn.Parameter], args: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; on a GPU the fused kernel (one launch for all parameters instead of several per tensor)."""
+    return torch.optim.AdamW(
+        list(params),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+        fused=device.type == "cuda",
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingConfig) -> LRScheduler:
+    """transformers' schedule named by `args.lr_scheduler_type`, with the floor and decay share applied."""
+    specific: dict[str, object] = {}
+    name = args.lr_scheduler_type
+    if name == "cosine_with_min_lr":
+        specific = {"min_lr_rate": args.min_lr_ratio}
+    elif name == "polynomial":
+        specific = {"lr_end": args.learning_rate * args.min_lr_ratio, "power": 1.0}
+    elif name == "warmup_stable_decay":
+        specific = {"num_decay_steps": round(args.max_steps * args.decay_ratio), "min_lr_ratio": args.min_lr_ratio}
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=args.warmup_steps,
+        num_training_steps=args.max_steps,
+        scheduler_specific_kwargs=specific,
+    )
+
+
+def apply_speed_settings(model: SpeechLLM, args: TrainingConfig, log: Callable[[str], None] = print) -> None:
+    """TF32, LLM gradient checkpointing and torch.compile, as the training config asks."""
+    if args.tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if args.gradient_checkpointing:
+        # Non-reentrant: the LLM's own inputs (audio embeddings) carry the gradient, its weights may not.
+        lm = model.causal_lm
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.torch_compile:
+        reason = compile_unsupported_reason()
+        if reason:
+            warnings.warn(f"training.torch_compile=true ignored: {reason}; running eager", stacklevel=2)
+            log(f"Warning: training.torch_compile=true ignored: {reason}; running eager.")
+            return
+        # In place (nn.Module.compile) so that saving, loading and DDP still see the same modules;
+        # dynamic shapes because batch and sequence lengths change every step.
+        decoder = getattr(model.causal_lm, model.causal_lm.base_model_prefix)
+        decoder.compile(dynamic=True)
+        model.projector.compile(dynamic=True)
+
+
+def compile_unsupported_reason() -> str | None:
+    """Why torch.compile cannot run here, or None when it can."""
+    import shutil
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python version"
+    if not torch.cuda.is_available() and shutil.which("cc") is None and shutil.which("gcc") is None:
+        return "no C compiler found for the CPU backend (install gcc)"
+    return None
+
+
+def loader_speedups(num_workers: int) -> dict[str, object]:
+    """On a GPU: page-locked batches (asynchronous host-to-device copies) and a deeper prefetch per worker."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"pin_memory": True, **({"prefetch_factor": 4} if num_workers > 0 else {})}
