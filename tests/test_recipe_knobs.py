@@ -17,7 +17,7 @@ from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import build_model
 from tiny_audio.model.speech_llm import MODEL_INPUTS
 from tiny_audio.training import optim
-from tiny_audio.training.loaders import build_train_loader
+from tiny_audio.training.loaders import build_train_loader, train_collator
 from tiny_audio.training.optim import apply_speed_settings, build_optimizer, build_scheduler
 
 SAMPLES = [
@@ -95,7 +95,7 @@ def test_only_the_train_loader_augments(tiny_run_config, tmp_path: Path) -> None
     data = write_audiofolder(tmp_path / "data", {"train": 4, "validation": 2}, seconds=1.0)
     cfg = tiny_run_config(data, data={"spec_augment": SpecAugmentConfig(enabled=True, time_mask_width=20)})
     model = build_model(cfg.model)
-    loader = build_train_loader(cfg, model)
+    loader = build_train_loader(cfg, train_collator(cfg, model))
     plain = collator_for(model, cfg.data.sample_rate)  # what evaluation uses
     batch = next(iter(loader))
     # The same first samples, collated without augmentation (shuffle_buffer 0: arrival order).

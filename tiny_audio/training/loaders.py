@@ -5,6 +5,9 @@ Evaluation builds its own loader from the plain collator: augmentation never rea
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tiny_audio.config import Config
@@ -16,7 +19,10 @@ from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training.optim import loader_speedups
 
 
-def build_train_loader(cfg: Config, model: SpeechLLM, *, rank: int = 0, world_size: int = 1) -> StatefulDataLoader:
+def build_train_loader(
+    cfg: Config, collate: Callable[[list[dict[str, Any]]], dict[str, Any]], *, rank: int = 0, world_size: int = 1
+) -> StatefulDataLoader:
+    """`collate`: `train_collator(cfg, model)`, or a wrapper around it."""
     batch_size = cfg.training.per_device_train_batch_size
     stream = bucketed(
         build_train_stream(cfg.data, rank=rank, world_size=world_size),
@@ -28,7 +34,12 @@ def build_train_loader(cfg: Config, model: SpeechLLM, *, rank: int = 0, world_si
     return StatefulDataLoader(
         stream,
         batch_size=batch_size,
-        collate_fn=collator_for(model, cfg.data.sample_rate, augment=train_augmentation(cfg.data)),
+        collate_fn=collate,
         num_workers=cfg.data.num_workers,
         **loader_speedups(cfg.data.num_workers),
     )
+
+
+def train_collator(cfg: Config, model: SpeechLLM, collator_for: Callable[..., Any] = collator_for) -> Any:
+    """The collator for training batches: the model's, plus SpecAugment when enabled."""
+    return collator_for(model, cfg.data.sample_rate, augment=train_augmentation(cfg.data))

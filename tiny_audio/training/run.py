@@ -29,7 +29,7 @@ from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.checkpoints import CheckpointMismatchError
 from tiny_audio.training.disk import DiskFullError, disk_full_error, is_disk_full
-from tiny_audio.training.loaders import build_train_loader
+from tiny_audio.training.loaders import build_train_loader, train_collator
 from tiny_audio.training.operations import operations_callbacks
 from tiny_audio.training.optim import apply_speed_settings
 from tiny_audio.training.preflight import PreflightError, require_memory_fits, require_preflight
@@ -94,7 +94,7 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
     model.encoder.max_batch = args.per_device_train_batch_size
     collator = collator_for(model, cfg.data.sample_rate)
     rank, world = accelerator.process_index, accelerator.num_processes
-    train_loader = build_train_loader(cfg, model, rank=rank, world_size=world)
+    train_loader = build_train_loader(cfg, train_collator(cfg, model, collator_for), rank=rank, world_size=world)
     eval_stream = build_eval_stream(cfg.data, rank=rank, world_size=world)
 
     def eval_loader() -> DataLoader:
