@@ -30,6 +30,9 @@ from tiny_audio.training.trainer import bf16_autocast
 
 SAMPLE_RATE = 16000
 
+# Where a step's time goes, in the order a step spends it.
+PHASES = ("encoder_forward", "projector_forward", "llm_forward", "forward_rest", "backward", "optimizer", "data_wait")
+
 
 def synthetic_samples(count: int, min_s: float, max_s: float, seed: int) -> list[dict[str, Any]]:
     """Noise clips with speech-like durations and a transcript of matching length (~2.5 words/s)."""
@@ -180,18 +183,7 @@ def measure(cfg: Config, samples: list[dict[str, Any]], *, warmup: int, workers:
             "audio_frames": 1 - totals["audio_frames_real"] / totals["audio_frames_run"],
             "text_tokens": 1 - totals["text_tokens_real"] / totals["text_tokens_run"],
         },
-        "time_breakdown_seconds_per_step": {
-            name: sum(timings[name]) / steps
-            for name in (
-                "encoder_forward",
-                "projector_forward",
-                "llm_forward",
-                "forward_rest",
-                "backward",
-                "optimizer",
-                "data_wait",
-            )
-        },
+        "time_breakdown_seconds_per_step": {name: sum(timings[name]) / steps for name in PHASES},
         "flops_per_step": {kind: {k: v / steps for k, v in values.items()} for kind, values in flops.items()},
         "flops_per_second": {"as_run": as_run, "useful": useful},
         "device": str(device),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tiny_audio.benchmark.measure import PHASES
+
 
 def _g(value: float) -> str:
     """FLOP-sized numbers in engineering units."""
@@ -37,18 +39,7 @@ ROWS: list[tuple[str, Any]] = [
     ("loader / step", lambda r: f"{r['data_loader']['ratio_to_step']:.1f}x"),
     ("audio padding", lambda r: f"{r['padding']['audio_frames']:.0%}"),
     ("text padding", lambda r: f"{r['padding']['text_tokens']:.0%}"),
-    *[
-        (f"  {name} s", (lambda n: lambda r: f"{r['time_breakdown_seconds_per_step'][n]:.3f}")(name))
-        for name in (
-            "encoder_forward",
-            "projector_forward",
-            "llm_forward",
-            "forward_rest",
-            "backward",
-            "optimizer",
-            "data_wait",
-        )
-    ],
+    *[(f"  {name} s", (lambda n: lambda r: f"{r['time_breakdown_seconds_per_step'][n]:.3f}")(name)) for name in PHASES],
     *[
         (
             f"  FLOP {part} (run/useful)",

@@ -8,7 +8,6 @@ held-out splits; at the end a figure of the curves and a summary are written.
 
 from __future__ import annotations
 
-import csv
 import json
 import shlex
 import time
@@ -16,13 +15,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import soundfile as sf
-
 from tiny_audio.compose import load_config
 from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.evaluation.wer import score
 from tiny_audio.miniature.plot import plot_stages, stage_curves
-from tiny_audio.miniature.standins import Miniature
+from tiny_audio.miniature.standins import Miniature, read_split
 from tiny_audio.model.build import load_pretrained
 from tiny_audio.training import checkpoints
 from tiny_audio.training.run import run
@@ -165,12 +162,6 @@ def held_out_wer(checkpoint: Path, miniature: Miniature, **overrides: object) ->
         audios, texts = read_split(miniature.speech / split)
         wers[split] = score(texts, transcribe(model, audios, 16000, batch_size=32)).wer
     return wers
-
-
-def read_split(folder: Path) -> tuple[list, list[str]]:
-    with open(folder / "metadata.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [sf.read(folder / row["file_name"], dtype="float32")[0] for row in rows], [row["text"] for row in rows]
 
 
 def write_outputs(results: list[StageResult], miniature: Miniature, out_dir: Path, seconds: float) -> tuple[Path, Path]:

@@ -142,8 +142,8 @@ def _build_llm(directory: Path, spec: MiniatureSpec, log: Callable[[str], None])
 
 def _build_encoder(directory: Path, speech: Path, spec: MiniatureSpec, log: Callable[[str], None]) -> None:
     started = time.perf_counter()
-    train = FeatureBatches(*_read_split(speech / "train"), spec.encoder.batch_size)
-    validation = FeatureBatches(*_read_split(speech / "validation"), spec.encoder.batch_size)
+    train = FeatureBatches(*read_split(speech / "train"), spec.encoder.batch_size)
+    validation = FeatureBatches(*read_split(speech / "validation"), spec.encoder.batch_size)
     encoder = build_encoder(spec.encoder, spec.seed)
     log(f"Pretraining a {_millions(encoder)}M-parameter GLM-ASR encoder with CTC ({spec.encoder.steps} steps)")
     head = pretrain_encoder(encoder, train, spec.encoder, spec.seed, log=log)
@@ -154,7 +154,8 @@ def _build_encoder(directory: Path, speech: Path, spec: MiniatureSpec, log: Call
     _write_report(directory, parameters=_count(encoder), validation_cer=cer, seconds=seconds)
 
 
-def _read_split(folder: Path) -> tuple[list, list[str]]:
+def read_split(folder: Path) -> tuple[list, list[str]]:
+    """(audio arrays, transcripts) of one audiofolder split, in metadata order."""
     with open(folder / "metadata.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     audios = [sf.read(folder / row["file_name"], dtype="float32")[0] for row in rows]
