@@ -118,14 +118,14 @@ def run_course(
         final = output_dir / f"checkpoint-{stage.steps}"
         seconds = 0.0
         if checkpoints.is_complete(final):
-            log(f"\n=== {stage.name.capitalize()}: already trained ({final}) ===")
+            log(f"\n=== {stage.name[:1].upper()}{stage.name[1:]}: already trained ({final}) ===")
         else:
             overrides = stage_overrides(miniature, settings, stage, output_dir)
             if checkpoints.latest_checkpoint(output_dir) is not None:
                 overrides.append("training.resume_from_checkpoint=latest")  # an interrupted run of this stage
             elif previous is not None:
                 overrides.append(f"training.resume_from_checkpoint={previous}")
-            log(f"\n=== {stage.name.capitalize()} ({stage.experiment}, {stage.steps} steps) ===")
+            log(f"\n=== {stage.name[:1].upper()}{stage.name[1:]} ({stage.experiment}, {stage.steps} steps) ===")
             log("python scripts/train.py " + " ".join(shlex.quote(o) for o in overrides))
             started = time.perf_counter()
             state = run(load_config(overrides), log=log)
