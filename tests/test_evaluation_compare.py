@@ -20,7 +20,7 @@ from huggingface_hub import constants as hub_constants
 from typer.testing import CliRunner
 
 from tests.data_helpers import sentence, write_audiofolder, write_corrupt_audiofolder
-from tiny_audio.config import Config, DataConfig, DatasetConfig, TrainingConfig
+from tests.training_helpers import short_run_config
 from tiny_audio.data.skips import SkipLedger
 from tiny_audio.evaluation.cli import app
 from tiny_audio.evaluation.compare import Result, model_ref, order_models
@@ -66,26 +66,20 @@ def two_checkpoints(tiny_model_config, tmp_path_factory: pytest.TempPathFactory)
     """Four training steps saving checkpoint-2 and checkpoint-4, and two local test sets."""
     root = tmp_path_factory.mktemp("compare")
     train = write_audiofolder(root / "train_data", {"train": 8, "validation": 2})
-    cfg = Config(experiment="compare")
-    cfg.model = tiny_model_config()
-    cfg.data = DataConfig(datasets=[DatasetConfig(path=str(train))], min_words=1, num_workers=0, shuffle_buffer=0)
-    cfg.training = TrainingConfig(
-        output_dir=str(root / "run"),
+    cfg = short_run_config(
+        "compare",
+        tiny_model_config(),
+        train,
+        root / "run",
         max_steps=4,
         save_steps=2,
         eval_steps=1000,
         logging_steps=2,
         learning_rate=3e-3,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        gradient_accumulation_steps=1,
-        warmup_steps=0,
         lr_scheduler_type="constant",
-        bf16=False,
-        report_to="none",
         eval_wer_samples=0,
     )
-    run(cfg.validate(), log=lambda line: None)
+    run(cfg, log=lambda line: None)
     set_a = write_audiofolder(root / "set_a", {"test": 4})
     set_b = write_audiofolder(root / "set_b", {"validation": 3}, seconds=0.5, text_prefix="the colour ")
     return TwoCheckpoints(root / "run", set_a, set_b)

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from tests.data_helpers import sentence, tone, write_audiofolder
-from tiny_audio.config import Config, DataConfig, DatasetConfig, TrainingConfig
+from tests.training_helpers import short_run_config
 from tiny_audio.data.collator import collator_for
 from tiny_audio.evaluation.cli import app
 from tiny_audio.evaluation.transcribe import decode, transcribe
@@ -110,28 +110,21 @@ def short_run(tiny_model_config, tmp_path_factory: pytest.TempPathFactory) -> Sh
     """Four steps, evaluating at steps 2 and 4 with WER on 4 samples; saves checkpoint-4."""
     root = tmp_path_factory.mktemp("wer_run")
     data = write_audiofolder(root / "data", {"train": 8, "validation": 6})
-    cfg = Config(experiment="wer")
-    cfg.model = tiny_model_config()
-    cfg.data = DataConfig(
-        datasets=[DatasetConfig(path=str(data))], min_words=1, num_workers=0, shuffle_buffer=0, max_eval_samples=6
-    )
-    cfg.training = TrainingConfig(
-        output_dir=str(root / "run"),
+    cfg = short_run_config(
+        "wer",
+        tiny_model_config(),
+        data,
+        root / "run",
+        data_options={"max_eval_samples": 6},
         max_steps=4,
         eval_steps=2,
         logging_steps=2,
         learning_rate=3e-3,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        gradient_accumulation_steps=1,
-        warmup_steps=0,
         lr_scheduler_type="constant",
-        bf16=False,
-        report_to="none",
         eval_wer_samples=4,
     )
     recorder, lines = Recorder(), []
-    run(cfg.validate(), callbacks=[recorder], log=lines.append)
+    run(cfg, callbacks=[recorder], log=lines.append)
     return ShortRun(data, root / "run" / "checkpoint-4", recorder.metrics, lines)
 
 

@@ -17,8 +17,8 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from typer.testing import CliRunner
 
 from tests.data_helpers import write_audiofolder
+from tests.training_helpers import short_run_config
 from tiny_audio.cli import app
-from tiny_audio.config import Config, DataConfig, DatasetConfig, TrainingConfig
 from tiny_audio.export import push
 from tiny_audio.export.card import EvalResultsError, build_card, read_eval_results
 from tiny_audio.training.run import run
@@ -29,26 +29,19 @@ def short_run(tiny_model_config, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """Three steps with an evaluation at step 2; returns the run's output directory."""
     root = tmp_path_factory.mktemp("card_run")
     data = write_audiofolder(root / "data", {"train": 8, "validation": 4})
-    cfg = Config(experiment="card")
-    cfg.model = tiny_model_config()
-    cfg.data = DataConfig(
-        datasets=[DatasetConfig(path=str(data))], min_words=1, num_workers=0, shuffle_buffer=0, max_eval_samples=4
-    )
-    cfg.training = TrainingConfig(
-        output_dir=str(root / "run"),
+    cfg = short_run_config(
+        "card",
+        tiny_model_config(),
+        data,
+        root / "run",
+        data_options={"max_eval_samples": 4},
         max_steps=3,
         eval_steps=2,
         logging_steps=1,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=4,
-        gradient_accumulation_steps=1,
-        warmup_steps=0,
-        bf16=False,
-        report_to="none",
         eval_wer_samples=0,
         preflight=False,
     )
-    run(cfg.validate(), log=lambda _: None)
+    run(cfg, log=lambda _: None)
     return root / "run"
 
 
