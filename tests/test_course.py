@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,8 +76,12 @@ def test_the_stand_ins_load_through_the_hub_id_code_path(small_miniature: Miniat
 def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_miniature: Miniature, tmp_path) -> None:
     settings = CourseSettings(stages=(Stage("stage 1", "mlp", 120, 3e-3, 10),), eval_steps=40, eval_clips=24)
     out = tmp_path / "course"
-    results = run_course(small_miniature, settings, out, log=lambda _: None)
+    log: list[str] = []
+    results = run_course(small_miniature, settings, out, log=log.append)
     (result,) = results
+    # Four passes over the clips: from the second on, the frozen encoder is skipped.
+    (cache_line,) = [line for line in log if line.startswith("Encoder cache:")]
+    assert int(re.search(r"(\d+)% of", cache_line).group(1)) >= 70, cache_line
     evaluations = [r for r in read_metrics(Path(result.output_dir)) if r["event"] == "eval"]
     assert [r["step"] for r in evaluations] == [0, 40, 80, 120]
     assert evaluations[0]["eval/wer"] >= 0.8  # the untrained projector: gibberish

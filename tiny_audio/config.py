@@ -127,6 +127,9 @@ class ModelConfig:
     # Training only: each projected audio token is zeroed with this probability (the rest scaled by
     # 1/(1-p), as dropout does), so the LLM cannot lean on any single audio position.
     audio_token_dropout: float = 0.0
+    # Memory (GiB) for keeping the frozen encoder's outputs of clips already seen, so repeated
+    # passes over a small set skip the encoder; 0 turns it off. See README, "Encoder-output cache".
+    encoder_cache_gib: float = 0.0
     lora: LoraConfig = field(default_factory=LoraConfig)
     mosa: MosaConfig = field(default_factory=MosaConfig)
     moe: MoeConfig = field(default_factory=MoeConfig)
@@ -162,6 +165,7 @@ class ModelConfig:
             self.audio_token_dropout,
             "0 <= p < 1, e.g. 0.1",
         )
+        _require(self.encoder_cache_gib >= 0, f"{prefix}.encoder_cache_gib", self.encoder_cache_gib, ">= 0 (0 = off)")
         self.lora.validate(f"{prefix}.lora")
         self.mosa.validate(f"{prefix}.mosa")
         self.moe.validate(f"{prefix}.moe")
@@ -390,6 +394,12 @@ class Config:
         self.model.validate()
         self.data.validate()
         self.training.validate()
+        _require(
+            not (self.model.encoder_cache_gib > 0 and self.data.spec_augment.enabled),
+            "model.encoder_cache_gib",
+            self.model.encoder_cache_gib,
+            "0 while data.spec_augment.enabled=true: masked clips differ every pass, so nothing would be reused",
+        )
         return self
 
 

@@ -80,6 +80,8 @@ def stage_overrides(miniature: Miniature, settings: CourseSettings, stage: Stage
         "model.dtype=float32",
         # The stand-in encoder was pretrained on unpadded clips: its "faithful" mode is `longest`.
         "model.encoder_padding=longest",
+        # Five passes over 3,200 clips: from the second on, the frozen encoder's outputs are reused.
+        "model.encoder_cache_gib=1",
         f"data.datasets=[{dataset}]",
         "data.num_workers=0",
         f"data.max_eval_samples={settings.eval_clips}",

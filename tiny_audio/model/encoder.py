@@ -6,7 +6,9 @@ checkpoint costs the memory of its 0.6B encoder and never builds its language mo
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,7 @@ class AudioEncoder(nn.Module):
         # Clips per encoder call; larger batches are encoded in chunks. Set to the train batch size,
         # evaluation (8 clips x 30 s) then peaks no higher than a training step does.
         self.max_batch: int | None = None
+        self.cache: EncoderCache | None = None  # set by training when model.encoder_cache_gib > 0
 
     def train(self, mode: bool = True) -> AudioEncoder:
         # Frozen: stays in eval mode whatever the parent module asks.
@@ -70,18 +73,80 @@ class AudioEncoder(nn.Module):
         # conv1 (k3, s1, p1) keeps the length; conv2 (k3, s2, p1) halves it, rounding up.
         return (mel_lengths - 1) // 2 + 1
 
-    def forward(self, input_features: Tensor) -> Tensor:
+    def forward(self, input_features: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Hidden states (B, T, D); with a cache and each clip's encoder `lengths`, frames past a
+        clip's length are zeros (every projector ignores them) and clips seen before are not re-encoded."""
+        if self.cache is None or lengths is None:
+            return self.encode(input_features).clone()
+        return self.cache.encode(self.encode, input_features, lengths)
+
+    def encode(self, input_features: Tensor) -> Tensor:
+        """The frozen forward, in chunks of `max_batch` clips; returns an inference tensor."""
         dtype = next(self.module.parameters()).dtype
         step = self.max_batch or input_features.shape[0]
         # Inference mode: frozen, so no autograd bookkeeping at all (not even version counters).
+        # An inference tensor cannot be saved for the projector's backward: callers copy it.
         with torch.inference_mode():
             chunks = [
                 self.module(input_features[i : i + step].to(dtype)).last_hidden_state
                 for i in range(0, input_features.shape[0], step)
             ]
-            hidden = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-        # An inference tensor cannot be saved for the projector's backward; a normal copy can.
-        return hidden.clone()
+            return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+class EncoderCache:
+    """Encoder outputs of clips already seen, for repeated passes over the same clips.
+
+    A clip is keyed by its mel frames, so an augmented clip (different frames) is a new clip and
+    a cached output is never served for input the encoder did not see. Only a clip's own frames
+    are kept. With 30 s windows (`max_length`) the padding is the same every time, so a cached
+    output is what the encoder would compute again; with `longest` a clip keeps the encoding of
+    the first batch it was seen in. Stops adding once `max_bytes` are held.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.entries: dict[bytes, Tensor] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def encode(self, encode: Callable[[Tensor], Tensor], features: Tensor, lengths: Tensor) -> Tensor:
+        # Two mel frames per encoder frame: the key covers every frame the clip's outputs came from.
+        mel_lengths = (lengths * 2).clamp(max=features.shape[-1]).tolist()
+        frames = features[..., : max(mel_lengths)].cpu()
+        keys = [self.key(row[:, :n]) for row, n in zip(frames, mel_lengths, strict=True)]
+        missing = [i for i, key in enumerate(keys) if key not in self.entries]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh = {}
+        if missing:
+            encoded = encode(features[missing])
+            for row, i in enumerate(missing):
+                fresh[i] = encoded[row, : int(lengths[i])].clone()
+        width = int(lengths.max())
+        first = fresh[missing[0]] if missing else self.entries[keys[0]]
+        hidden = first.new_zeros(len(keys), width, first.shape[-1])
+        for i, key in enumerate(keys):
+            frames = fresh[i] if i in fresh else self.entries[key]
+            hidden[i, : frames.shape[0]] = frames
+            if i in fresh and self.bytes + frames.nbytes <= self.max_bytes:
+                self.entries[key] = frames
+                self.bytes += frames.nbytes
+        return hidden
+
+    @staticmethod
+    def key(frames: Tensor) -> bytes:
+        digest = hashlib.blake2b(frames.contiguous().view(torch.uint8).numpy().tobytes(), digest_size=16)
+        return digest.digest() + frames.shape[-1].to_bytes(4, "little")
+
+    def describe(self) -> str:
+        seen = self.hits + self.misses
+        rate = self.hits / seen if seen else 0.0
+        return (
+            f"Encoder cache: {len(self.entries):,} clips, {self.bytes / 2**30:.2f} of "
+            f"{self.max_bytes / 2**30:.2f} GiB, {rate:.0%} of {seen:,} clip encodings reused"
+        )
 
 
 def load_audio_encoder(model_id: str, dtype: torch.dtype, attn_implementation: str = "sdpa") -> AudioEncoder:

@@ -75,7 +75,7 @@ class SpeechLLM(nn.Module):
         self, input_features: Tensor, encoder_lengths: Tensor, input_ids: Tensor
     ) -> tuple[Tensor, Tensor | None]:
         """Prompt embeddings with each sample's `<audio>` positions replaced by its projected audio."""
-        hidden = self.encoder(input_features)  # B, T_enc, D_enc
+        hidden = self.encoder(input_features, encoder_lengths)  # B, T_enc, D_enc
         # Frames past the longest clip (30 s padding) feed only outputs nobody reads: cut them,
         # keeping whole projector groups so the outputs that are read do not change.
         unit = self.projector.frame_unit

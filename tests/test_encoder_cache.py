@@ -1,0 +1,114 @@
+"""The encoder-output cache: clips seen before skip the frozen encoder and give the same model outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import tone
+from tiny_audio.config import ConfigError, SpecAugmentConfig
+from tiny_audio.data.augment import SpecAugment
+from tiny_audio.data.collator import collator_for
+from tiny_audio.model.build import build_model
+from tiny_audio.model.encoder import EncoderCache
+from tiny_audio.model.speech_llm import MODEL_INPUTS
+
+SAMPLES = [
+    {"audio": tone(0.7, seed=1), "text": "a short one"},
+    {"audio": tone(2.3, seed=2), "text": "a much longer clip of speech"},
+    {"audio": tone(1.2, seed=3), "text": "middle"},
+]
+
+
+def inputs(batch: dict) -> dict:
+    return {k: batch[k] for k in MODEL_INPUTS}
+
+
+class EncoderCalls:
+    """Clips that reached the frozen encoder module."""
+
+    def __init__(self, model) -> None:
+        self.clips = 0
+        model.encoder.module.register_forward_pre_hook(self._count)
+
+    def _count(self, _module, args) -> None:
+        self.clips += args[0].shape[0]
+
+
+@pytest.mark.parametrize("projector_type", ["mlp", "qformer", "moe"])
+def test_a_cached_pass_skips_the_encoder_and_gives_the_same_loss_and_gradients(
+    tiny_model_config, projector_type: str
+) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(projector_type=projector_type, encoder_padding="max_length")).eval()
+    batch = collator_for(model, 16000)(SAMPLES)
+    expected = model(**inputs(batch)).loss
+    expected.backward()
+    expected_grads = {name: p.grad.clone() for name, p in model.projector.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    model.encoder.cache = EncoderCache(max_bytes=2**30)
+    calls = EncoderCalls(model)
+    first = model(**inputs(batch)).loss
+    assert calls.clips == 3
+    second = model(**inputs(batch)).loss
+    assert calls.clips == 3  # every clip came from the cache
+    second.backward()
+    assert (model.encoder.cache.hits, model.encoder.cache.misses) == (3, 3)
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)
+    grads = {name: p.grad for name, p in model.projector.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name])
+
+
+def test_only_unseen_clips_of_a_batch_are_encoded_and_the_batch_keeps_its_order(tiny_model_config) -> None:
+    model = build_model(tiny_model_config(encoder_padding="max_length")).eval()
+    collate = collator_for(model, 16000)
+    model.encoder.cache = EncoderCache(max_bytes=2**30)
+    model(**inputs(collate(SAMPLES[:2])))
+    calls = EncoderCalls(model)
+    mixed = [SAMPLES[2], SAMPLES[0], {"audio": tone(1.9, seed=9), "text": "new"}, SAMPLES[1]]
+    batch = collate(mixed)
+    cached = model(**inputs(batch)).loss
+    assert calls.clips == 2
+    model.encoder.cache = None
+    torch.testing.assert_close(cached, model(**inputs(batch)).loss)
+
+
+def test_a_clip_with_other_frames_is_a_new_clip(tiny_model_config) -> None:
+    """SpecAugment (or any change to the features) must miss, never serve another input's output."""
+    model = build_model(tiny_model_config(encoder_padding="max_length")).eval()
+    plain = collator_for(model, 16000)
+    masks = SpecAugment(SpecAugmentConfig(enabled=True), torch.Generator().manual_seed(0))
+    masked = collator_for(model, 16000, augment=masks)
+    model.encoder.cache = EncoderCache(max_bytes=2**30)
+    model(**inputs(plain(SAMPLES)))
+    model(**inputs(masked(SAMPLES)))
+    assert (model.encoder.cache.hits, model.encoder.cache.misses) == (0, 6)
+
+
+def test_the_cache_stops_growing_at_its_budget_and_stays_correct(tiny_model_config) -> None:
+    model = build_model(tiny_model_config(encoder_padding="max_length")).eval()
+    batch = collator_for(model, 16000)(SAMPLES)
+    expected = model(**inputs(batch)).loss
+    one_clip = 35 * model.encoder.hidden_size * 4  # the shortest clip's frames, float32
+    model.encoder.cache = EncoderCache(max_bytes=one_clip)
+    for _ in range(2):
+        torch.testing.assert_close(model(**inputs(batch)).loss, expected)
+    cache = model.encoder.cache
+    assert len(cache.entries) == 1 and cache.bytes == one_clip
+    assert (cache.hits, cache.misses) == (1, 5)
+    assert "1 clips" in cache.describe() and "17% of 6 clip encodings reused" in cache.describe()
+
+
+def test_the_cache_is_refused_with_spec_augment_and_below_zero(tiny_run_config, tmp_path) -> None:
+    cfg = tiny_run_config(tmp_path, model={"encoder_cache_gib": 1.0})
+    cfg.data.spec_augment.enabled = True
+    with pytest.raises(ConfigError, match=r"model.encoder_cache_gib=1.0 .*data.spec_augment.enabled=true"):
+        cfg.validate()
+    cfg.data.spec_augment.enabled = False
+    cfg.model.encoder_cache_gib = -1.0
+    with pytest.raises(ConfigError, match=r"model.encoder_cache_gib=-1.0 is not allowed"):
+        cfg.validate()
