@@ -63,7 +63,9 @@ def test_encoder_and_llm_formulas_match_torchs_flop_counter(tiny_model_config) -
 def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, tmp_path: Path) -> None:
     cfg = Config(experiment="bench")
     cfg.model = tiny_model_config()
-    cfg.training = dataclasses.replace(cfg.training, per_device_train_batch_size=2, bf16=False)
+    cfg.training = dataclasses.replace(
+        cfg.training, per_device_train_batch_size=2, per_device_eval_batch_size=3, bf16=False
+    )
     out = tmp_path / "bench.json"
     report = run_benchmark(cfg, steps=2, warmup=1, workers=0, ceiling_seconds=0.1, out=out, log=print)
     assert json.loads(out.read_text()) == report
@@ -87,7 +89,11 @@ def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, 
         assert useful["encoder_forward"] <= as_run["encoder_forward"] and useful["lm_head"] == as_run["lm_head"]
         assert run["data_loader"]["ratio_to_step"] > 0 and run["projected_course_stage1_hours"] > 0
         assert 0 < run["fraction_of_matmul_ceiling"]["useful"] <= run["fraction_of_matmul_ceiling"]["as_run"]
-    assert "launch_to_first_step_seconds" in report["runs"][0]
+        # Each mode in its own process: launch time and peaks are its own; evaluation can only add.
+        assert run["launch_to_first_step_seconds"] > run["build_to_first_step_seconds"] > 0
+        assert run["evaluation"]["clips"] == 3 and run["evaluation"]["seconds"] > 0
+        assert run["evaluation"]["peak_memory_gib"]["rss"] >= run["peak_memory_gib"]["rss"] > 0
+        assert 0 < run["step_seconds"]["at_ceiling"] < run["step_seconds"]["median"]
     # 2-7 s clips padded to 30 s: at least 23/30 of the frames are padding; far less padded to the longest.
     assert by_mode["max_length"]["padding"]["audio_frames"] > 23 / 30 - 0.01
     assert by_mode["longest"]["padding"]["audio_frames"] < 0.5

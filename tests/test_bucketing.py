@@ -109,3 +109,7 @@ def test_resume_with_another_batch_size_is_refused(mixed: Path) -> None:
         other.load_state_dict(state)
     with pytest.raises(ValueError, match=r"resume with data\.group_by_length=false"):
         other.load_state_dict(build_train_stream(cfg).state_dict())
+    with pytest.raises(
+        ValueError, match=r"saved with data\.group_by_length=true; resume with data\.group_by_length=true"
+    ):
+        build_train_stream(cfg).load_state_dict(state)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
@@ -117,6 +119,17 @@ def test_two_processes_train_save_and_resume(tiny_run_config, tmp_path: Path) ->
     assert first.stdout.count("Step 6/6 |") == 1  # the main process alone prints progress
     assert "Eval at step 3 | eval/loss: " in first.stdout
     assert "Step 2: non-finite loss (inf)" in first.stdout  # rank 1's infinite loss, skipped by both ranks
+    # Throughput: each rank's own, and the run's as their sum.
+    progress = re.search(r"Step 6/6 \|.*Samples/s: ([\d.]+)", first.stdout)
+    assert progress, first.stdout[-3000:]
+    per_rank = re.search(
+        r"^Samples/s per rank: 0: ([\d.]+), 1: ([\d.]+) \(slowest at \d+% of the fastest\)",
+        first.stdout[progress.end() :],
+        re.MULTILINE,
+    )
+    assert per_rank, first.stdout[-3000:]
+    rates = [float(per_rank.group(1)), float(per_rank.group(2))]
+    assert min(rates) > 0 and float(progress.group(1)) == pytest.approx(sum(rates), abs=0.011)
     saved = checkpoints.load_training_state(tmp_path / "run" / "checkpoint-6")
     assert len(saved["ranks"]) == 2  # each rank's data position and random state
 

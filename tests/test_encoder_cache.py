@@ -112,3 +112,18 @@ def test_the_cache_is_refused_with_spec_augment_and_below_zero(tiny_run_config, 
     cfg.model.encoder_cache_gib = -1.0
     with pytest.raises(ConfigError, match=r"model.encoder_cache_gib=-1.0 is not allowed"):
         cfg.validate()
+
+
+def test_per_clip_encodes_each_clip_on_its_own_frames(tiny_model_config) -> None:
+    """`longest` padding: a cached clip's encoding must not depend on the batch it first came in."""
+    model = build_model(tiny_model_config(encoder_padding="longest")).eval()
+    batch = collator_for(model, 16000)(SAMPLES)
+    features, lengths = batch["input_features"], batch["encoder_lengths"]
+    hidden = EncoderCache(max_bytes=2**30, per_clip=True).encode(model.encoder.encode, features, lengths)
+    assert hidden.shape[1] == int(lengths.max())
+    for i, length in enumerate(lengths.tolist()):
+        alone = model.encoder.encode(features[i : i + 1, :, : 2 * length])[0, :length]
+        torch.testing.assert_close(hidden[i, :length], alone)
+        assert not hidden[i, length:].any()  # past the clip: zeros, which no projector output reads
+    padded = model.encoder.encode(features)  # the batch's padding changes the shorter clips' frames
+    assert not torch.allclose(hidden[0, : int(lengths[0])], padded[0, : int(lengths[0])])

@@ -14,7 +14,8 @@ from tiny_audio.miniature.encoder import CTC_ALPHABET, ctc_decode, ctc_targets
 from tiny_audio.miniature.llm import CopyTask, LlmRecipe, plain_words
 from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.model.build import build_model
-from tiny_audio.model.scale import projector_scale_ratio
+from tiny_audio.model.scale import StepZeroScale, projector_scale_ratio
+from tiny_audio.model.speech_llm import MODEL_INPUTS
 from tiny_audio.training.metrics_file import METRICS_FILE, read_metrics
 from tiny_audio.training.run import run
 
@@ -129,9 +130,17 @@ def test_output_norm_makes_projected_audio_as_loud_as_text(tiny_model_config, ti
         ratios[norm] = projector_scale_ratio(model, collator_for(model, 16000)(samples))
     assert ratios[True] == pytest.approx(1.0, rel=0.05)
     assert abs(ratios[False] - 1.0) > 0.1  # the tiny LLM's embeddings are wide (init 0.3): 0.83 without the norm
+    # In a run: measured once, on the first batch's own encoder states, before any update.
+    model = build_model(tiny_model_config())
+    batch = collator_for(model, 16000)(samples)
+    logged: list[str] = []
+    scale = StepZeroScale(model, logged.append)
+    model(**{k: batch[k] for k in MODEL_INPUTS}).loss.backward()
+    model(**{k: batch[k] for k in MODEL_INPUTS})
+    assert scale.ratio == pytest.approx(projector_scale_ratio(model, batch)) and len(logged) == 1
     lines: list[str] = []
     run(tiny_run_config(data, max_steps=1), log=lines.append)
-    assert any(line.startswith("Projector output RMS at step 0 is ") for line in lines)
+    assert sum(line.startswith("Projector output RMS at step 0 is ") for line in lines) == 1
 
 
 def test_adam_settings_reach_the_optimizer(tiny_run_config, tmp_path: Path) -> None:

@@ -151,9 +151,8 @@ def test_resume_continues_the_stream_without_replaying_samples(
         return record
 
     monkeypatch.setattr(run_module, "collator_for", recording_collator_for)
-    # Record training batches only: no evaluation, no step-0 measurement of the projector's scale.
+    # Record training batches only: no evaluation.
     monkeypatch.setattr(Trainer, "evaluate", lambda self: {})
-    monkeypatch.setattr(run_module, "describe_projector_scale", lambda *args: "")
     cfg = tiny_run_config(data, max_steps=16, per_device_train_batch_size=2, save_steps=100, logging_steps=1)
     stop_at_six = StopAt(6)
     run(cfg, callbacks=[stop_at_six], log=quiet)

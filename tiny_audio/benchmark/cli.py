@@ -19,6 +19,9 @@ def benchmark(
     steps: int = typer.Option(4, help="Timed steps per run, after --warmup steps."),
     warmup: int = typer.Option(1, help="Untimed steps first (kernel selection, allocator)."),
     workers: int | None = typer.Option(None, help="Data-loader workers (default: data.num_workers)."),
+    eval_clips: int | None = typer.Option(
+        None, help="Clips of the evaluation timed after the steps (default: per_device_eval_batch_size; 0: none)."
+    ),
     min_seconds: float = typer.Option(2.0, help="Shortest synthetic clip."),
     max_seconds: float = typer.Option(7.0, help="Longest synthetic clip."),
     out: str = typer.Option("outputs/benchmark.json", help="Where to write the figures as JSON."),
@@ -58,5 +61,6 @@ def benchmark(
         min_seconds=min_seconds,
         max_seconds=max_seconds,
         workers=workers,
+        eval_clips=eval_clips,
         out=Path(out),
     )

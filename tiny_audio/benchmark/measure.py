@@ -23,7 +23,9 @@ from torch.utils.data import DataLoader
 from tiny_audio.benchmark.flops import batch_shapes, step_flops
 from tiny_audio.config import Config
 from tiny_audio.data.collator import collator_for
+from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.model.build import build_model
+from tiny_audio.model.encoder import EncoderCache
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
 from tiny_audio.training.optim import apply_speed_settings, build_optimizer, loader_speedups
 from tiny_audio.training.trainer import bf16_autocast
@@ -93,8 +95,20 @@ def loader_throughput(samples: list[dict[str, Any]], collate: Any, batch_size: i
     return count / max(time.perf_counter() - start, 1e-9)
 
 
-def measure(cfg: Config, samples: list[dict[str, Any]], *, warmup: int, workers: int) -> dict[str, Any]:
-    """Build the model as training does, run len(samples)/batch steps, return the figures of the timed ones."""
+def measure(
+    cfg: Config,
+    samples: list[dict[str, Any]],
+    *,
+    warmup: int,
+    workers: int,
+    eval_samples: list[dict[str, Any]] | None = None,
+    eval_new_tokens: int = 16,
+) -> dict[str, Any]:
+    """Build the model as training does, run len(samples)/batch steps, return the figures of the timed ones.
+
+    Then, with `eval_samples`, one evaluation as training runs it (eval loss, then generated
+    transcripts for WER), so the peak memory of the whole run, evaluation included, is known.
+    """
     build_start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -104,6 +118,8 @@ def measure(cfg: Config, samples: list[dict[str, Any]], *, warmup: int, workers:
     model = build_model(cfg.model)
     apply_speed_settings(model, args, log=lambda _: None)
     model.encoder.max_batch = batch_size
+    if cfg.model.encoder_cache_gib > 0:
+        model.encoder.cache = EncoderCache(int(cfg.model.encoder_cache_gib * 2**30))
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, args, device)
@@ -158,9 +174,13 @@ def measure(cfg: Config, samples: list[dict[str, Any]], *, warmup: int, workers:
     seconds = sum(timings["step"]) + sum(timings["data_wait"])
     step_rate = totals["samples"] / seconds
     loader_rate = loader_throughput(samples, collate, batch_size, workers)
+    training_peak = _peak_memory_gib(device)
+    evaluation = None
+    if eval_samples:
+        evaluation = _evaluate(model, collate, eval_samples, args.per_device_eval_batch_size, eval_new_tokens, device)
     as_run, useful = flops["as_run"]["total"] / seconds, flops["useful"]["total"] / seconds
     return {
-        "_after_first_step_seconds": time.perf_counter() - first_step_end,
+        "_first_step_end": first_step_end,  # perf_counter time, for the launch-to-first-step figure
         "samples_per_second": step_rate,
         "audio_seconds_per_second": totals["audio_seconds"] / seconds,
         "target_tokens_per_second": totals["target_tokens"] / seconds,
@@ -170,10 +190,8 @@ def measure(cfg: Config, samples: list[dict[str, Any]], *, warmup: int, workers:
             "all": timings["step"],
         },
         "build_to_first_step_seconds": first_step_end - build_start,
-        "peak_memory_gib": {
-            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "gpu_max_allocated": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-        },
+        "peak_memory_gib": training_peak,
+        "evaluation": evaluation,
         "data_loader": {
             "workers": workers,
             "samples_per_second": loader_rate,
@@ -190,6 +208,40 @@ def measure(cfg: Config, samples: list[dict[str, Any]], *, warmup: int, workers:
         "steps": steps,
         "warmup": warmup,
         "batch_size": batch_size,
+    }
+
+
+def _peak_memory_gib(device: torch.device) -> dict[str, float | None]:
+    """Peaks of this process so far: each run measures in a fresh process, so the peak is its own."""
+    return {
+        "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "gpu_max_allocated": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    }
+
+
+def _evaluate(
+    model: SpeechLLM,
+    collate: Any,
+    samples: list[dict[str, Any]],
+    batch_size: int,
+    new_tokens: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One evaluation as the trainer runs it: eval loss over the clips, then greedy transcripts."""
+    start = time.perf_counter()
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            batch = collate(samples[i : i + batch_size])
+            model(**{k: batch[k].to(device) for k in MODEL_INPUTS})
+    transcribe(model, [s["audio"] for s in samples], SAMPLE_RATE, batch_size=batch_size, max_new_tokens=new_tokens)
+    model.train()
+    return {
+        "clips": len(samples),
+        "batch_size": batch_size,
+        "new_tokens": new_tokens,
+        "seconds": time.perf_counter() - start,
+        "peak_memory_gib": _peak_memory_gib(device),
     }
 
 

@@ -15,18 +15,22 @@ def _g(value: float) -> str:
     return f"{value:.0f}"
 
 
+def _with_eval(run: dict[str, Any], kind: str) -> str:
+    value = None if run["evaluation"] is None else run["evaluation"]["peak_memory_gib"][kind]
+    return "-" if value is None else f"{value:.2f}"
+
+
 ROWS: list[tuple[str, Any]] = [
     ("samples/s", lambda r: f"{r['samples_per_second']:.3f}"),
     ("audio s/s", lambda r: f"{r['audio_seconds_per_second']:.2f}"),
     ("target tokens/s", lambda r: f"{r['target_tokens_per_second']:.1f}"),
     ("step s (median)", lambda r: f"{r['step_seconds']['median']:.2f}"),
     ("step s (p90)", lambda r: f"{r['step_seconds']['p90']:.2f}"),
-    (
-        "launch->1st step s",
-        lambda r: f"{r['launch_to_first_step_seconds']:.1f}" if "launch_to_first_step_seconds" in r else "-",
-    ),
+    ("step s at ceiling", lambda r: f"{r['step_seconds']['at_ceiling']:.2f}"),
+    ("launch->1st step s", lambda r: f"{r['launch_to_first_step_seconds']:.1f}"),
     ("build->1st step s", lambda r: f"{r['build_to_first_step_seconds']:.1f}"),
     ("peak RSS GiB", lambda r: f"{r['peak_memory_gib']['rss']:.2f}"),
+    ("peak RSS GiB, with eval", lambda r: _with_eval(r, "rss")),
     (
         "peak GPU GiB",
         lambda r: (
@@ -35,6 +39,8 @@ ROWS: list[tuple[str, Any]] = [
             else f"{r['peak_memory_gib']['gpu_max_allocated']:.2f}"
         ),
     ),
+    ("peak GPU GiB, with eval", lambda r: _with_eval(r, "gpu_max_allocated")),
+    ("eval s", lambda r: "-" if r["evaluation"] is None else f"{r['evaluation']['seconds']:.1f}"),
     ("loader samples/s", lambda r: f"{r['data_loader']['samples_per_second']:.1f}"),
     ("loader / step", lambda r: f"{r['data_loader']['ratio_to_step']:.1f}x"),
     ("audio padding", lambda r: f"{r['padding']['audio_frames']:.0%}"),
@@ -76,6 +82,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"{machine['name']} ({machine['device']}, {machine['torch_threads']} threads"
         + (f", load {load[0]:.1f}" if load else "")
         + f"): matmul ceiling bf16 {_g(ceiling['bfloat16'])}FLOP/s, fp32 {_g(ceiling['float32'])}FLOP/s; "
-        "percentages are of the ceiling in the run's precision. Course stage 1 = 50,000 steps x 16 samples."
+        "percentages are of the ceiling in the run's precision. Course stage 1 = 50,000 steps x 16 samples. "
+        "Eval: one evaluation as training runs it (loss, then transcripts), after the timed steps."
     )
     return "\n".join(lines)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import platform
+import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +34,26 @@ def run_benchmark(
     max_seconds: float = 7.0,
     seed: int = 0,
     workers: int | None = None,
+    eval_clips: int | None = None,
     ceiling_seconds: float = 1.0,
     out: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Figures per padding mode, plus the machine and its matmul ceiling; written to `out` as JSON."""
+    """Figures per padding mode, plus the machine and its matmul ceiling; written to `out` as JSON.
+
+    Each mode runs in a fresh process, as `ta train` would: its launch time and peak memory are its own.
+    """
     batch_size = cfg.training.per_device_train_batch_size
     samples = synthetic_samples(batch_size * (steps + warmup), min_seconds, max_seconds, seed)
+    eval_clips = cfg.training.per_device_eval_batch_size if eval_clips is None else eval_clips
+    eval_samples = synthetic_samples(eval_clips, min_seconds, max_seconds, seed + 1)
     workers = cfg.data.num_workers if workers is None else workers
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs = []
-    for index, padding in enumerate(paddings):
-        torch.manual_seed(seed)
+    for padding in paddings:
         run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_padding=padding))
-        result = measure(run_cfg, samples, warmup=warmup, workers=workers)
-        if index == 0:
-            # Only the first run starts with the process; later ones reuse its imports.
-            result["launch_to_first_step_seconds"] = process_seconds() - _since_first_step(result)
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            result = pool.submit(_measure_fresh, run_cfg, samples, warmup, workers, eval_samples, seed).result()
         result["config"] = _describe(run_cfg, samples_seconds=(min_seconds, max_seconds))
         result["projected_course_stage1_hours"] = COURSE_STAGE1_SAMPLES / result["samples_per_second"] / 3600
         runs.append(result)
@@ -55,6 +61,8 @@ def run_benchmark(
     for result in runs:
         peak = ceiling["bfloat16" if result["config"]["bf16"] else "float32"]
         result["fraction_of_matmul_ceiling"] = {k: v / peak for k, v in result["flops_per_second"].items()}
+        # The step time if every FLOP it runs went at the matmul ceiling: no step here can beat it.
+        result["step_seconds"]["at_ceiling"] = result["flops_per_step"]["as_run"]["total"] / peak
     report = {"machine": _machine(device), "matmul_ceiling_flops_per_second": ceiling, "runs": runs}
     log(format_table(report))
     if out is not None:
@@ -64,9 +72,20 @@ def run_benchmark(
     return report
 
 
-def _since_first_step(result: dict[str, Any]) -> float:
-    """Seconds from the end of the first step to now: the timed steps, the loader probe."""
-    return result.pop("_after_first_step_seconds")
+def _measure_fresh(
+    cfg: Config,
+    samples: list[dict[str, Any]],
+    warmup: int,
+    workers: int,
+    eval_samples: list[dict[str, Any]],
+    seed: int,
+) -> dict[str, Any]:
+    """`measure` in this (fresh) process, plus the seconds from its launch to the end of its first step."""
+    torch.manual_seed(seed)
+    result = measure(cfg, samples, warmup=warmup, workers=workers, eval_samples=eval_samples)
+    since_first_step = time.perf_counter() - result.pop("_first_step_end")
+    result["launch_to_first_step_seconds"] = process_seconds() - since_first_step
+    return result
 
 
 def _describe(cfg: Config, samples_seconds: tuple[float, float]) -> dict[str, Any]:

@@ -210,5 +210,10 @@ class SpeechStream(torch.utils.data.IterableDataset):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "guard" not in state and "block" in state:
+            raise ValueError(
+                "the checkpoint's data position was saved with data.group_by_length=true; resume with "
+                "data.group_by_length=true and the same training.per_device_train_batch_size and data.bucket_buffer"
+            )
         self._resume = state
         self.guard.load_state_dict(state["guard"])

@@ -100,12 +100,14 @@ class EncoderCache:
     A clip is keyed by its mel frames, so an augmented clip (different frames) is a new clip and
     a cached output is never served for input the encoder did not see. Only a clip's own frames
     are kept. With 30 s windows (`max_length`) the padding is the same every time, so a cached
-    output is what the encoder would compute again; with `longest` a clip keeps the encoding of
-    the first batch it was seen in. Stops adding once `max_bytes` are held.
+    output is what the encoder would compute again. With `per_clip` (for `longest` padding) a
+    clip is encoded on its own frames, unpadded, as `ta transcribe` encodes a lone clip: its
+    encoding then does not depend on the batch it first came in. Stops adding at `max_bytes`.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, per_clip: bool = False) -> None:
         self.max_bytes = max_bytes
+        self.per_clip = per_clip
         self.entries: dict[bytes, Tensor] = {}
         self.bytes = 0
         self.hits = 0
@@ -120,9 +122,14 @@ class EncoderCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         fresh = {}
-        if missing:
-            encoded = encode(features[missing])
-            for row, i in enumerate(missing):
+        # Per clip: clips of one mel length share a call, each cut to its own frames.
+        if self.per_clip:
+            groups = _group_by(missing, [mel_lengths[i] for i in missing])
+        else:
+            groups = {None: missing} if missing else {}
+        for frames_kept, indices in groups.items():
+            encoded = encode(features[indices][..., :frames_kept])
+            for row, i in enumerate(indices):
                 fresh[i] = encoded[row, : int(lengths[i])].clone()
         width = int(lengths.max())
         first = fresh[missing[0]] if missing else self.entries[keys[0]]
@@ -147,6 +154,13 @@ class EncoderCache:
             f"Encoder cache: {len(self.entries):,} clips, {self.bytes / 2**30:.2f} of "
             f"{self.max_bytes / 2**30:.2f} GiB, {rate:.0%} of {seen:,} clip encodings reused"
         )
+
+
+def _group_by(items: list[int], keys: list[int]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for item, key in zip(items, keys, strict=True):
+        groups.setdefault(key, []).append(item)
+    return groups
 
 
 def load_audio_encoder(model_id: str, dtype: torch.dtype, attn_implementation: str = "sdpa") -> AudioEncoder:

@@ -6,6 +6,7 @@ unlike anything it was trained on; the ratio at step 0 is printed at the start o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,22 +21,49 @@ def token_embedding_rms(embeddings: nn.Embedding, n_tokens: int) -> float:
 
 
 @torch.no_grad()
-def projector_output_rms(model: SpeechLLM, batch: dict[str, Any]) -> float:
-    """RMS of the projected audio embeddings of `batch`, over each clip's real positions only."""
-    device = next(model.projector.parameters()).device
-    features, lengths = batch["input_features"].to(device), batch["encoder_lengths"].to(device)
-    was_training = model.projector.training
-    model.projector.eval()  # dropout would both distort the figure and consume random numbers
+def projected_rms(projector: nn.Module, hidden: Tensor, lengths: Tensor) -> float:
+    """RMS of a projector's outputs for encoder states `hidden`, over each clip's real positions only."""
+    was_training = projector.training
+    projector.eval()  # dropout would both distort the figure and consume random numbers
     try:
-        projected, _ = model.projector(model.encoder(features).float(), lengths)  # B, T', H
+        projected, _ = projector(hidden.float(), lengths)  # B, T', H
     finally:
-        model.projector.train(was_training)
-    counts = model.audio_token_counts(lengths)
-    valid: Tensor = torch.arange(projected.shape[1], device=device)[None, :] < counts[:, None]
+        projector.train(was_training)
+    counts = projector.output_lengths(lengths)
+    valid: Tensor = torch.arange(projected.shape[1], device=projected.device)[None, :] < counts[:, None]
     return float(projected[valid].pow(2).mean().sqrt())
 
 
 def projector_scale_ratio(model: SpeechLLM, batch: dict[str, Any]) -> float:
     """Projected-audio RMS divided by token-embedding RMS (1.0: as loud as text)."""
-    embeddings = model.causal_lm.get_input_embeddings()
-    return projector_output_rms(model, batch) / token_embedding_rms(embeddings, len(model.tokenizer) - 1)
+    device = next(model.projector.parameters()).device
+    lengths = batch["encoder_lengths"].to(device)
+    hidden = model.encoder(batch["input_features"].to(device), lengths)
+    return projected_rms(model.projector, hidden, lengths) / _text_rms(model)
+
+
+def _text_rms(model: SpeechLLM) -> float:
+    return token_embedding_rms(model.causal_lm.get_input_embeddings(), len(model.tokenizer) - 1)
+
+
+class StepZeroScale:
+    """Logs the ratio once, from the first batch the projector sees in a run (its weights at step 0).
+
+    It reuses that batch's encoder states: a separate pass over 30 s windows would cost a CPU
+    run tens of seconds before its first step.
+    """
+
+    def __init__(self, model: SpeechLLM, log: Callable[[str], None]) -> None:
+        self.model = model
+        self.log = log
+        self.ratio: float | None = None
+        self._handle = model.projector.register_forward_hook(self._measure)
+
+    def _measure(self, projector: nn.Module, args: tuple[Tensor, Tensor], _output: object) -> None:
+        self._handle.remove()
+        hidden, lengths = args
+        self.ratio = projected_rms(projector, hidden.detach(), lengths) / _text_rms(self.model)
+        self.log(
+            f"Projector output RMS at step 0 is {self.ratio:.3g}x the LLM's token-embedding RMS "
+            "(1 = as loud as text; model.projector_output_norm=true makes it 1)."
+        )

@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from tiny_audio.data.stream import build_eval_stream
 from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.encoder import EncoderCache
-from tiny_audio.model.scale import projector_scale_ratio
+from tiny_audio.model.scale import StepZeroScale
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.checkpoints import CheckpointMismatchError
@@ -45,17 +44,6 @@ def describe_parameters(model: SpeechLLM) -> str:
         for name, (trainable, total) in parameter_counts(model).items()
     ]
     return "Parameters:\n" + "\n".join(rows)
-
-
-def describe_projector_scale(model: SpeechLLM, collator: Callable, stream: Iterable, batch_size: int) -> str:
-    samples = list(islice(stream, batch_size))
-    if not samples:
-        return "Projector output scale: not measured (no eval samples)."
-    ratio = projector_scale_ratio(model, collator(samples))
-    return (
-        f"Projector output RMS at step 0 is {ratio:.3g}x the LLM's token-embedding RMS "
-        "(1 = as loud as text; model.projector_output_norm=true makes it 1)."
-    )
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -94,7 +82,8 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
     apply_speed_settings(model, args, log=log)
     model.encoder.max_batch = args.per_device_train_batch_size
     if cfg.model.encoder_cache_gib > 0:
-        model.encoder.cache = EncoderCache(int(cfg.model.encoder_cache_gib * 2**30))
+        per_clip = cfg.model.encoder_padding == "longest"
+        model.encoder.cache = EncoderCache(int(cfg.model.encoder_cache_gib * 2**30), per_clip=per_clip)
     collator = collator_for(model, cfg.data.sample_rate)
     rank, world = accelerator.process_index, accelerator.num_processes
     train_loader = build_train_loader(cfg, train_collator(cfg, model, collator_for), rank=rank, world_size=world)
@@ -108,9 +97,6 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
             num_workers=cfg.data.num_workers,
         )
 
-    if resume_from is None:
-        # Two clips estimate an RMS well enough; eight 30 s clips cost seconds before the first step.
-        log(describe_projector_scale(model, collator, eval_stream, min(2, args.per_device_eval_batch_size)))
     model = accelerator.prepare(model)
     # WER first: the tracker callback tables the predictions it adds.
     callbacks = [WerCallback(), *(callbacks or []), *operations_callbacks(cfg)]
@@ -119,6 +105,8 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         bar = TerminalProgress()
         callbacks.append(bar)
         log = bar.log
+    if resume_from is None:
+        StepZeroScale(accelerator.unwrap_model(model), log)
     trainer = Trainer(cfg, model, accelerator, train_loader, eval_loader, callbacks, log=log)
     if resume_from is not None:
         trainer.resume(resume_from)

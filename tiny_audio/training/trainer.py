@@ -336,7 +336,16 @@ class Trainer:
             elapsed_hours = sum(timer.durations) / 3600 * step / max(len(timer.durations), 1)
             cost = (elapsed_hours * self.args.gpu_hourly_usd, (elapsed_hours + eta / 3600) * self.args.gpu_hourly_usd)
         audio_hours = self.state.audio_seconds / 3600
+        # Each rank timed its own share: the run's rate is their sum, and a slow rank shows up apart.
+        rank_rates = [float(rate) for rate in self._from_all_ranks(samples_per_second)]
+        samples_per_second = sum(rank_rates)
         self.log(progress_line(step, max_steps, loss, grad_norm, lr, eta, samples_per_second, audio_hours, cost))
+        if len(rank_rates) > 1:
+            self.log(
+                "Samples/s per rank: "
+                + ", ".join(f"{rank}: {rate:.2f}" for rank, rate in enumerate(rank_rates))
+                + f" (slowest at {min(rank_rates) / max(max(rank_rates), 1e-9):.0%} of the fastest)"
+            )
         if window:
             self.state.history["train_loss"].append(loss)
         metrics = {
@@ -344,9 +353,16 @@ class Trainer:
             "train/grad_norm": grad_norm,
             "train/learning_rate": lr,
             "train/samples_per_second": samples_per_second,
+            **{
+                f"train/samples_per_second_rank{rank}": rate
+                for rank, rate in enumerate(rank_rates)
+                if len(rank_rates) > 1
+            },
             "train/audio_hours": audio_hours,
             "train/nonfinite_updates": float(self.state.nonfinite_total),
         }
+        if len(rank_rates) > 1:
+            metrics.update({f"train/samples_per_second_rank{rank}": rate for rank, rate in enumerate(rank_rates)})
         if aux:
             # Logged apart: train/loss is the language-model loss alone, comparable with eval/loss.
             metrics["train/aux_loss"] = sum(aux) / len(aux)
