@@ -67,7 +67,7 @@ def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, 
         cfg.training, per_device_train_batch_size=2, per_device_eval_batch_size=3, bf16=False
     )
     out = tmp_path / "bench.json"
-    report = run_benchmark(cfg, steps=2, warmup=1, workers=0, ceiling_seconds=0.1, out=out, log=print)
+    report = run_benchmark(cfg, steps=2, warmup=1, workers=1, ceiling_seconds=0.1, out=out, log=print)
     assert json.loads(out.read_text()) == report
     by_mode = {r["config"]["encoder_padding"]: r for r in report["runs"]}
     assert set(report["matmul_ceiling_flops_per_second"]) == {"bfloat16", "float32"}

@@ -11,7 +11,7 @@ from huggingface_hub import constants
 
 from tests.data_helpers import write_audiofolder
 from tiny_audio.config import LoraConfig
-from tiny_audio.training.preflight import CheckResult, preflight_main, run_preflight
+from tiny_audio.training.preflight import CheckResult, largest_batch, preflight_main, run_preflight
 
 CHEAP_CHECKS = ["config", "tracker", "hub", "models", "output dir", "dataset"]
 
@@ -114,3 +114,12 @@ def test_ta_train_preflight_entry_point(
     assert "✓ memory: forward/backward at batch 2 x 2 s" in out and out.rstrip().endswith("ready to train.")
     assert preflight_main(["+experiments=tiny", "training.max_steps=0"]) == 2
     assert capsys.readouterr().out.startswith("✗ config: training.max_steps=0 is not allowed")
+
+
+def test_the_memory_probe_turns_its_peak_into_the_largest_batch_that_fits() -> None:
+    gib = 2**30
+    # 10 GiB of weights; 4 clips peaked at 18 GiB: 2 GiB a clip; 90% of 80 GiB leaves room for 31.
+    assert largest_batch(10 * gib, 18 * gib, 4, 80 * gib) == 31
+    assert largest_batch(10 * gib, 18 * gib, 4, 80 * gib, headroom=1.0) == 35
+    assert largest_batch(70 * gib, 78 * gib, 4, 80 * gib) == 1  # a single clip still fits
+    assert largest_batch(75 * gib, 79 * gib, 1, 80 * gib) == 0  # not even one clip

@@ -81,6 +81,8 @@ def _measure_fresh(
     seed: int,
 ) -> dict[str, Any]:
     """`measure` in this (fresh) process, plus the seconds from its launch to the end of its first step."""
+    # A spawned process inherits "spawn" as its start method; loader workers start as `ta train`'s do.
+    multiprocessing.set_start_method(None, force=True)
     torch.manual_seed(seed)
     result = measure(cfg, samples, warmup=warmup, workers=workers, eval_samples=eval_samples)
     since_first_step = time.perf_counter() - result.pop("_first_step_end")

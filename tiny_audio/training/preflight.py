@@ -260,6 +260,7 @@ def memory_check(cfg: Config, model: SpeechLLM, accelerator: Accelerator) -> str
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+        resting = torch.cuda.memory_allocated(device)
     model.train()
     try:
         with bf16_autocast(cfg, accelerator.device):
@@ -280,7 +281,22 @@ def memory_check(cfg: Config, model: SpeechLLM, accelerator: Accelerator) -> str
         return f"forward/backward at {shape} ran on {device}"
     peak, total = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory
     torch.cuda.empty_cache()
-    return f"forward/backward at {shape}: peak {_gib(peak)} of {_gib(total)} GPU memory"
+    fits = largest_batch(resting, peak, size, total)
+    return (
+        f"forward/backward at {shape}: peak {_gib(peak)} of {_gib(total)} GPU memory; "
+        f"about {fits} such clips per batch would fit (training.per_device_train_batch_size)"
+    )
+
+
+def largest_batch(resting: int, peak: int, size: int, total: int, headroom: float = 0.9) -> int:
+    """Clips per batch that fit in `headroom` of `total` bytes, from one probe of `size` clips.
+
+    What was allocated before the probe (`resting`: the weights) stays; the rest of its peak
+    (activations, and the trainable part's gradients, small next to them) is taken to grow with
+    the batch, clip by clip: every probe clip is as long as data.max_duration allows.
+    """
+    per_clip = max(peak - resting, 1) / size
+    return max(int((headroom * total - resting) // per_clip), 0)
 
 
 def _resolve(key: str, model_id: str, loader: Any) -> Any:
