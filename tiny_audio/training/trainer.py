@@ -290,7 +290,7 @@ class Trainer:
         lm_loss_sum, aux_loss_sum = 0.0, None
         last = len(micro_batches) - 1
         for micro, batch in enumerate(micro_batches):
-            inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
+            inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device, non_blocking=True)
             with self.accelerator.no_sync(self.model) if micro < last else contextlib.nullcontext():
                 with bf16_autocast(self.cfg, self.accelerator.device):
                     output = self.model(**inputs)
@@ -386,7 +386,7 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         total, tokens = 0.0, 0
         for batch in self.eval_loader_factory():
-            inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device)
+            inputs = send_to_device({k: batch[k] for k in MODEL_INPUTS}, self.accelerator.device, non_blocking=True)
             with bf16_autocast(self.cfg, self.accelerator.device):
                 output = model(**inputs)
             total += float(output.lm_loss_sum)
