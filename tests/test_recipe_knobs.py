@@ -140,20 +140,36 @@ def _loss_and_grads(model, batch) -> tuple[float, list[torch.Tensor]]:
     model.zero_grad()
     loss = model(**{k: batch[k] for k in MODEL_INPUTS}).loss
     loss.backward()
-    return float(loss.detach()), [p.grad.clone() for p in model.projector.parameters()]
+    return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model_config) -> None:
+@pytest.mark.parametrize("stage", ["projector (frozen LLM in eval mode)", "LoRA (LLM in train mode)"])
+def test_gradient_checkpointing_recomputes_every_layer_with_the_same_gradients(tiny_model_config, stage: str) -> None:
     torch.manual_seed(0)
-    model = build_model(tiny_model_config())
+    lora = stage.startswith("LoRA")
+    cfg = tiny_model_config(projector_trainable=not lora)
+    cfg.lora.enabled, cfg.lora.dropout = lora, 0.0
+    model = build_model(cfg)
     batch = collator_for(model, 16000)(SAMPLES)
+    layers = getattr(model.causal_lm, model.causal_lm.base_model_prefix).layers
+    calls = []
+    for layer in layers:
+        # Its first module: recomputation stops once the backward has what it needs, before the end.
+        layer.input_layernorm.register_forward_pre_hook(lambda *_: calls.append(1))
     loss, grads = _loss_and_grads(model, batch)
+    assert len(calls) == len(layers)
     apply_speed_settings(model, TrainingConfig(gradient_checkpointing=True), log=print)
-    assert model.causal_lm.is_gradient_checkpointing
+    calls.clear()
     loss_ckpt, grads_ckpt = _loss_and_grads(model, batch)
+    assert len(calls) == 2 * len(layers)  # each layer's forward again in the backward pass
     assert loss_ckpt == pytest.approx(loss, rel=1e-6)
+    assert len(grads) == len(grads_ckpt) > 0
     for a, b in zip(grads, grads_ckpt, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    calls.clear()
+    with torch.no_grad():
+        model(**{k: batch[k] for k in MODEL_INPUTS})
+    assert len(calls) == len(layers)  # nothing to recompute without gradients
 
 
 def test_torch_compile_wraps_llm_and_projector_or_warns(tiny_model_config, monkeypatch: pytest.MonkeyPatch) -> None:

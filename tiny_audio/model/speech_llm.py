@@ -113,7 +113,9 @@ class SpeechLLM(nn.Module):
         embeds, aux_loss = self.embed_inputs(input_features, encoder_lengths, input_ids)
         lm = self.causal_lm
         decoder = getattr(lm, lm.base_model_prefix)
-        hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        # No KV cache: nothing is generated here, and a recomputed (checkpointed) layer would
+        # otherwise append its keys and values a second time.
+        hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
         # Project to the vocabulary only where there is a target: audio and prompt positions
         # would otherwise cost B x T x 151,936 logits for nothing.
         targets = labels[:, 1:]

@@ -5,12 +5,15 @@ Kept apart from the loop so that the benchmark builds exactly what training buil
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.checkpoint import checkpoint
 from transformers import get_scheduler
 
 from tiny_audio.config import TrainingConfig
@@ -48,18 +51,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args: TrainingConfig) -> L
     )
 
 
+def recompute_decoder_layers(model: SpeechLLM) -> None:
+    """Keep only each decoder layer's input in the forward pass and recompute the rest in the backward.
+
+    By hand rather than transformers' gradient_checkpointing_enable: that checkpoints only layers
+    in train mode, and stage 1 keeps the frozen LLM in eval mode (no dropout noise) while its
+    activations are still kept for the projector's gradient. Non-reentrant: the layer's input
+    (audio embeddings) carries the gradient, its weights may not.
+    """
+    decoder = getattr(model.causal_lm, model.causal_lm.base_model_prefix)
+    for layer in decoder.layers:
+        layer.forward = functools.partial(_recomputed_in_backward, layer.forward)
+
+
+def _recomputed_in_backward(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if not torch.is_grad_enabled():  # evaluation and generation: nothing to recompute
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
 def apply_speed_settings(model: SpeechLLM, args: TrainingConfig, log: Callable[[str], None] = print) -> None:
     """TF32, LLM gradient checkpointing and torch.compile, as the training config asks."""
     if args.tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if args.gradient_checkpointing:
-        # Non-reentrant: the LLM's own inputs (audio embeddings) carry the gradient, its weights may not.
-        lm = model.causal_lm
-        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x's name
-            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        recompute_decoder_layers(model)
     if args.torch_compile:
         reason = compile_unsupported_reason()
         if reason:
