@@ -9,7 +9,7 @@ from tests.conftest import tone
 from tiny_audio.config import ConfigError, SpecAugmentConfig
 from tiny_audio.data.augment import SpecAugment
 from tiny_audio.data.collator import collator_for
-from tiny_audio.model.build import build_model
+from tiny_audio.model.build import attach_encoder_cache, build_model
 from tiny_audio.model.encoder import EncoderCache
 from tiny_audio.model.speech_llm import MODEL_INPUTS
 
@@ -127,3 +127,17 @@ def test_per_clip_encodes_each_clip_on_its_own_frames(tiny_model_config) -> None
         assert not hidden[i, length:].any()  # past the clip: zeros, which no projector output reads
     padded = model.encoder.encode(features)  # the batch's padding changes the shorter clips' frames
     assert not torch.allclose(hidden[0, : int(lengths[0])], padded[0, : int(lengths[0])])
+
+
+@pytest.mark.parametrize(
+    ("padding", "gib", "per_clip"), [("longest", 0.5, True), ("max_length", 0.5, False), ("longest", 0.0, None)]
+)
+def test_the_config_attaches_a_cache_that_fits_its_padding(tiny_model_config, padding, gib, per_clip) -> None:
+    cfg = tiny_model_config(encoder_padding=padding, encoder_cache_gib=gib)
+    model = build_model(cfg)
+    attach_encoder_cache(model, cfg)
+    cache = model.encoder.cache
+    if per_clip is None:
+        assert cache is None
+    else:
+        assert (cache.per_clip, cache.max_bytes) == (per_clip, 2**29)

@@ -24,8 +24,7 @@ from tiny_audio.benchmark.flops import batch_shapes, step_flops
 from tiny_audio.config import Config
 from tiny_audio.data.collator import collator_for
 from tiny_audio.evaluation.transcribe import transcribe
-from tiny_audio.model.build import build_model
-from tiny_audio.model.encoder import EncoderCache
+from tiny_audio.model.build import attach_encoder_cache, build_model
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
 from tiny_audio.training.optim import apply_speed_settings, build_optimizer, loader_speedups
 from tiny_audio.training.trainer import bf16_autocast
@@ -118,8 +117,7 @@ def measure(
     model = build_model(cfg.model)
     apply_speed_settings(model, args, log=lambda _: None)
     model.encoder.max_batch = batch_size
-    if cfg.model.encoder_cache_gib > 0:
-        model.encoder.cache = EncoderCache(int(cfg.model.encoder_cache_gib * 2**30))
+    attach_encoder_cache(model, cfg.model)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, args, device)

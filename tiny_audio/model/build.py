@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from tiny_audio.config import ModelConfig
-from tiny_audio.model.encoder import load_audio_encoder
+from tiny_audio.model.encoder import EncoderCache, load_audio_encoder
 from tiny_audio.model.projectors import build_projector
 from tiny_audio.model.scale import token_embedding_rms
 from tiny_audio.model.speech_llm import SpeechLLM
@@ -62,6 +62,14 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
         )
         llm = get_peft_model(llm, lora)
     return SpeechLLM(encoder, projector, llm, tokenizer, cfg)
+
+
+def attach_encoder_cache(model: SpeechLLM, cfg: ModelConfig) -> None:
+    """Give the encoder the cache `model.encoder_cache_gib` asks for (training and the benchmark)."""
+    if cfg.encoder_cache_gib > 0:
+        # Padded to the batch's longest clip, a clip would encode differently with other batch mates.
+        per_clip = cfg.encoder_padding == "longest"
+        model.encoder.cache = EncoderCache(int(cfg.encoder_cache_gib * 2**30), per_clip=per_clip)
 
 
 def require_plain_lm_head(config: PretrainedConfig, model_id: str) -> None:

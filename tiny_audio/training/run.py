@@ -22,8 +22,7 @@ from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.sources import DataSourceError
 from tiny_audio.data.stream import build_eval_stream
 from tiny_audio.evaluation.callback import WerCallback
-from tiny_audio.model.build import build_model, parameter_counts
-from tiny_audio.model.encoder import EncoderCache
+from tiny_audio.model.build import attach_encoder_cache, build_model, parameter_counts
 from tiny_audio.model.scale import StepZeroScale
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
@@ -81,9 +80,7 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         require_memory_fits(cfg, model, accelerator, log=log)
     apply_speed_settings(model, args, log=log)
     model.encoder.max_batch = args.per_device_train_batch_size
-    if cfg.model.encoder_cache_gib > 0:
-        per_clip = cfg.model.encoder_padding == "longest"
-        model.encoder.cache = EncoderCache(int(cfg.model.encoder_cache_gib * 2**30), per_clip=per_clip)
+    attach_encoder_cache(model, cfg.model)
     collator = collator_for(model, cfg.data.sample_rate)
     rank, world = accelerator.process_index, accelerator.num_processes
     train_loader = build_train_loader(cfg, train_collator(cfg, model, collator_for), rank=rank, world_size=world)
