@@ -6,22 +6,12 @@ import pytest
 import torch
 
 from tests.conftest import tone
+from tests.test_model import SAMPLES, inputs
 from tiny_audio.config import ConfigError, SpecAugmentConfig
 from tiny_audio.data.augment import SpecAugment
 from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import attach_encoder_cache, build_model
 from tiny_audio.model.encoder import EncoderCache
-from tiny_audio.model.speech_llm import MODEL_INPUTS
-
-SAMPLES = [
-    {"audio": tone(0.7, seed=1), "text": "a short one"},
-    {"audio": tone(2.3, seed=2), "text": "a much longer clip of speech"},
-    {"audio": tone(1.2, seed=3), "text": "middle"},
-]
-
-
-def inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in MODEL_INPUTS}
 
 
 class EncoderCalls:
