@@ -175,7 +175,7 @@ def measure(
     training_peak = _peak_memory_gib(device)
     evaluation = None
     if eval_samples:
-        evaluation = _evaluate(model, collate, eval_samples, args.per_device_eval_batch_size, eval_new_tokens, device)
+        evaluation = _evaluate(model, cfg, collate, eval_samples, eval_new_tokens, device)
     as_run, useful = flops["as_run"]["total"] / seconds, flops["useful"]["total"] / seconds
     return {
         "_first_step_end": first_step_end,  # perf_counter time, for the launch-to-first-step figure
@@ -219,19 +219,22 @@ def _peak_memory_gib(device: torch.device) -> dict[str, float | None]:
 
 def _evaluate(
     model: SpeechLLM,
+    cfg: Config,
     collate: Any,
     samples: list[dict[str, Any]],
-    batch_size: int,
     new_tokens: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """One evaluation as the trainer runs it: eval loss over the clips, then greedy transcripts."""
+    """One evaluation as the trainer runs it: eval loss over the clips (under its autocast), then
+    greedy transcripts (without, as the WER callback decodes)."""
     start = time.perf_counter()
+    batch_size = cfg.training.per_device_eval_batch_size
     model.eval()
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
             batch = collate(samples[i : i + batch_size])
-            model(**{k: batch[k].to(device) for k in MODEL_INPUTS})
+            with bf16_autocast(cfg, device):
+                model(**{k: batch[k].to(device) for k in MODEL_INPUTS})
     transcribe(model, [s["audio"] for s in samples], SAMPLE_RATE, batch_size=batch_size, max_new_tokens=new_tokens)
     model.train()
     return {
