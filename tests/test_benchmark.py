@@ -94,6 +94,9 @@ def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, 
         assert run["evaluation"]["clips"] == 3 and run["evaluation"]["seconds"] > 0
         assert run["evaluation"]["peak_memory_gib"]["rss"] >= run["peak_memory_gib"]["rss"] > 0
         assert 0 < run["step_seconds"]["at_ceiling"] < run["step_seconds"]["median"]
+        # fp32 run: every FLOP it runs, at the fp32 matmul rate measured in the same run.
+        fp32_ceiling = report["matmul_ceiling_flops_per_second"]["float32"]
+        assert run["step_seconds"]["at_ceiling"] == pytest.approx(as_run["total"] / fp32_ceiling)
     # 2-7 s clips padded to 30 s: at least 23/30 of the frames are padding; far less padded to the longest.
     assert by_mode["max_length"]["padding"]["audio_frames"] > 23 / 30 - 0.01
     assert by_mode["longest"]["padding"]["audio_frames"] < 0.5
