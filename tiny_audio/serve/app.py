@@ -15,13 +15,28 @@ from transformers import pipeline
 
 # A Space sets it in its settings, or `ta space` writes the repo id here.
 MODEL_ID = os.environ.get("TINY_AUDIO_MODEL", "")
+# Requests waiting beyond those running; past it a visitor is told at once that the queue is full, so a
+# crowd costs a refusal rather than memory and minutes-long waits.
+QUEUE_SIZE = 32
+# Transcriptions running at once: on a CPU, two share its cores and neither finishes sooner.
+CONCURRENCY = 1
+# Uploads above this are refused before they reach the disk; 30 s of 48 kHz stereo float WAV is 12 MB.
+MAX_UPLOAD = "50mb"
+# Uploaded clips older than an hour are deleted every ten minutes, so a demo left running keeps its disk.
+DELETE_CACHE = (600, 3600)
 
 
 def load(model: str) -> Any:
     return pipeline("automatic-speech-recognition", model=model, trust_remote_code=True)
 
 
-def build_demo(asr: Any, title: str = "Speech recognition", max_new_tokens: int = 128) -> gr.Blocks:
+def build_demo(
+    asr: Any,
+    title: str = "Speech recognition",
+    max_new_tokens: int = 128,
+    queue_size: int = QUEUE_SIZE,
+    concurrency: int = CONCURRENCY,
+) -> gr.Blocks:
     info = asr.model.describe()
 
     def transcribe(path: str | None) -> Iterator[str]:
@@ -30,10 +45,14 @@ def build_demo(asr: Any, title: str = "Speech recognition", max_new_tokens: int 
         try:
             audio = asr.load_audio(path, label=os.path.basename(path))
         except (ValueError, TypeError) as error:
+            # Digital silence is a recording in which nothing was said, not a mistake to report.
+            if getattr(error, "reason", None) == "silent_audio":
+                yield ""
+                return
             raise gr.Error(str(error)) from None
         yield from asr.model.stream(audio, max_new_tokens=max_new_tokens)
 
-    with gr.Blocks(title=title) as demo:
+    with gr.Blocks(title=title, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(f"# {title}\nUpload a clip or record one (at most {info['max audio per clip']}), then transcribe.")
         with gr.Row():
             with gr.Column():
@@ -43,8 +62,8 @@ def build_demo(asr: Any, title: str = "Speech recognition", max_new_tokens: int 
                 text = gr.Textbox(label="Transcript", elem_id="transcript", lines=4, interactive=False)
                 gr.Markdown("\n".join(["| model | |", "|---|---|", *(f"| {k} | `{v}` |" for k, v in info.items())]))
         button.click(transcribe, audio, text)
-    return demo
+    return demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
 
 
 if __name__ == "__main__":
-    build_demo(load(MODEL_ID), title=MODEL_ID).launch()
+    build_demo(load(MODEL_ID), title=MODEL_ID).launch(max_file_size=MAX_UPLOAD)
