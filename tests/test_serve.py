@@ -49,13 +49,22 @@ def test_browser_upload_shows_the_ta_transcribe_transcript(tiny_model_config, tm
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        browser.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(browser, 120)
+
+    def upload_and_transcribe(path: Path) -> None:
+        browser.get(f"http://127.0.0.1:{port}/")  # a fresh page: its audio input is empty
         upload = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#audio input[type=file]"))
-        upload.send_keys(str(clip))
+        upload.send_keys(str(path))
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#audio audio, #audio .waveform-container, #audio wave"))
         browser.find_element(By.CSS_SELECTOR, "#transcribe").click()
+
+    try:
+        wait = WebDriverWait(browser, 120)
+        notes = tmp_path / "notes.wav"
+        notes.write_text("meeting notes, not a recording\n")  # a text file named .wav: the page says so
+        upload_and_transcribe(notes)
+        toasts = "[data-testid=toast-body]"
+        wait.until(lambda b: any("cannot decode notes.wav" in t.text for t in b.find_elements(By.CSS_SELECTOR, toasts)))
+        upload_and_transcribe(clip)  # and the next upload still works
         box = browser.find_element(By.CSS_SELECTOR, "#transcript textarea")
         wait.until(lambda _: box.get_attribute("value") == expected)
         screenshot = tmp_path / "serve.png"
@@ -233,3 +242,28 @@ def test_serve_defaults_match_the_apps_own(tmp_path: Path) -> None:
 
     assert cli.DEFAULT_QUEUE_SIZE == app.QUEUE_SIZE and cli.DEFAULT_CONCURRENCY == app.CONCURRENCY
     assert f"{cli.DEFAULT_MAX_UPLOAD_MB}mb" == app.MAX_UPLOAD
+
+
+def test_serve_bench_reports_percentiles_failures_and_memory_growth(tmp_path: Path) -> None:
+    import json
+
+    from tiny_audio.serve.bench import BenchResult, write_report
+
+    result = BenchResult(model="m", clients=2, uploads_per_client=10, requests=21, wall_s=4.0)
+    result.latencies_s = [float(x) for x in range(1, 21)]
+    result.single_client_latencies_s = [0.5, 0.7, 0.6]
+    result.failed = ["bad.wav: AppError: boom"]
+    result.rss_mb = {"after 20": 400.0, "after 200": 430.0}
+    summary = write_report(result, tmp_path / "bench.json")
+    assert (summary["latency_p50_s"], summary["latency_p95_s"], summary["latency_max_s"]) == (10.5, 19.05, 20.0)
+    assert summary["single_client_p50_s"] == 0.6
+    assert summary["failed"] == 1 and summary["throughput_per_s"] == 5.0 and summary["rss_growth_pct"] == 7.5
+    assert json.loads((tmp_path / "bench.json").read_text())["latencies_s"] == result.latencies_s
+
+
+def test_serve_bench_refuses_too_few_requests_before_starting_a_server(tmp_path: Path) -> None:
+    from tiny_audio.serve.bench import run_bench
+
+    with pytest.raises(ValueError, match=r"total=100 must be at least warmup \+ clients × uploads = 180"):
+        run_bench("unused", tmp_path, clients=16, uploads=10, warmup=20, total=100)
+    assert not (tmp_path / "clips").exists()

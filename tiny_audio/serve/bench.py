@@ -34,6 +34,7 @@ class BenchResult:
     requests: int = 0
     failed: list[str] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)  # the load phase's, one per upload
+    single_client_latencies_s: list[float] = field(default_factory=list)  # the sequential phases'
     wall_s: float = 0.0  # the load phase's
     rss_mb: dict[str, float] = field(default_factory=dict)  # {"after 20": ..., "after 200": ...}
 
@@ -49,6 +50,7 @@ class BenchResult:
             "latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
             "latency_p95_s": round(float(np.percentile(latencies, 95)), 3),
             "latency_max_s": round(float(latencies.max()), 3),
+            "single_client_p50_s": round(float(np.median(self.single_client_latencies_s or [np.nan])), 3),
             "throughput_per_s": round(len(self.latencies_s) / self.wall_s, 3) if self.wall_s else 0.0,
             "rss_mb": self.rss_mb,
             "rss_growth_pct": round(100 * (last - first) / first, 1),
@@ -118,7 +120,7 @@ def sequential(url: str, clips: list[Path], count: int, result: BenchResult) -> 
 
     client = Client(url, verbose=False)
     for i in range(count):
-        _timed(client, clips[i % len(clips)], result, record_latency=False)
+        _timed(client, clips[i % len(clips)], result, result.single_client_latencies_s)
 
 
 def concurrent(url: str, clips: list[Path], result: BenchResult) -> None:
@@ -127,7 +129,7 @@ def concurrent(url: str, clips: list[Path], result: BenchResult) -> None:
     def one_client(index: int) -> None:
         client = Client(url, verbose=False)
         for k in range(result.uploads_per_client):
-            _timed(client, clips[(index + k) % len(clips)], result, record_latency=True)
+            _timed(client, clips[(index + k) % len(clips)], result, result.latencies_s)
 
     threads = [threading.Thread(target=one_client, args=(i,)) for i in range(result.clients)]
     start = time.perf_counter()
@@ -141,7 +143,7 @@ def concurrent(url: str, clips: list[Path], result: BenchResult) -> None:
 _lock = threading.Lock()
 
 
-def _timed(client: Any, clip: Path, result: BenchResult, record_latency: bool) -> None:
+def _timed(client: Any, clip: Path, result: BenchResult, latencies: list[float]) -> None:
     start = time.perf_counter()
     try:
         upload(client, clip)
@@ -152,8 +154,8 @@ def _timed(client: Any, clip: Path, result: BenchResult, record_latency: bool) -
         result.requests += 1
         if error:
             result.failed.append(error)
-        elif record_latency:
-            result.latencies_s.append(time.perf_counter() - start)
+        else:
+            latencies.append(time.perf_counter() - start)
 
 
 def run_bench(
