@@ -24,7 +24,7 @@ app.add_typer(runpod_app, name="runpod", help="Deploy and run training on a RunP
 app.registered_commands.extend(evaluation_app.registered_commands)  # `ta transcribe`, `ta eval`
 app.registered_commands.extend(miniature_app.registered_commands)  # `ta course`, `ta plot`
 app.registered_commands.extend(export_app.registered_commands)  # `ta export`, `ta push`
-app.registered_commands.extend(serve_app.registered_commands)  # `ta serve`, `ta space`
+app.registered_commands.extend(serve_app.registered_commands)  # `ta serve`, `ta serve-bench`, `ta space`
 
 
 @app.command(

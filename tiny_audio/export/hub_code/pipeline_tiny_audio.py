@@ -25,6 +25,15 @@ from .tiny_audio_skips import Unusable
 MAX_CHANNELS = 8  # an array with a dimension this small is (frames, channels) or (channels, frames)
 
 
+class UnusableAudio(ValueError):
+    """A clip that cannot be transcribed. `reason` is the skip name (silent_audio, too_long, ...), so a
+    caller such as the web demo can treat silence as an empty transcript rather than parse the message."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class TinyAudioASRPipeline(Pipeline):
     _load_processor = False
     _load_image_processor = False
@@ -86,7 +95,7 @@ class TinyAudioASRPipeline(Pipeline):
         limit = math.inf if allow_long else self._max_seconds
         try:
             if isinstance(inputs, str | Path):
-                return _read_file(Path(inputs), rate, limit)
+                return _read_file(Path(inputs), label, rate, limit)
             if isinstance(inputs, bytes | bytearray):
                 return decode_audio(bytes(inputs), None, sample_rate=rate, max_duration=limit)
             if isinstance(inputs, dict):
@@ -99,20 +108,24 @@ class TinyAudioASRPipeline(Pipeline):
             if hasattr(inputs, "shape") or isinstance(inputs, list):
                 return _from_array(inputs, rate, rate, limit)
         except Unusable as unusable:
-            raise ValueError(f"cannot transcribe {label}: {_explain(unusable, self._max_seconds)}") from None
+            message = f"cannot transcribe {label}: {_explain(unusable, self._max_seconds)}"
+            raise UnusableAudio(message, unusable.reason) from None
         raise TypeError(
             f"cannot transcribe {label}: got {type(inputs).__name__}; pass a file path, bytes, a numpy array at "
             f"{rate} Hz, or {{'raw': array, 'sampling_rate': rate}}"
         )
 
 
-def _read_file(path: Path, rate: int, limit: float) -> np.ndarray:
+def _read_file(path: Path, label: str, rate: int, limit: float) -> np.ndarray:
     if not path.is_file():
-        raise ValueError(f"no such audio file: {path}")
+        raise ValueError(f"no such audio file: {label}")
+    if path.stat().st_size == 0:
+        raise Unusable("empty_audio")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as error:
-        raise ValueError(f"cannot decode {path}: {error} (readable formats: WAV, FLAC, OGG, MP3)") from None
+        detail = getattr(error, "error_string", str(error))  # libsndfile's reason, without the path again
+        raise ValueError(f"cannot decode {label}: {detail} (readable formats: WAV, FLAC, OGG, MP3)") from None
     # Checked on the header, before decoding: a two-hour file is refused without reading it.
     if info.duration > limit:
         raise Unusable("too_long", f"{info.duration:.1f} s")
@@ -149,4 +162,10 @@ def _explain(unusable: Unusable, max_seconds: float) -> str:
             f"{max_seconds:.0f} s per clip (its encoder's window). Pass chunk_length_s={max_seconds:.0f} to "
             "transcribe it in consecutive pieces, or split it into clips of at most that length"
         )
-    return str(unusable).replace("_", " ")
+    return _EXPLANATIONS.get(unusable.reason) or str(unusable).replace("_", " ")
+
+
+_EXPLANATIONS = {
+    "empty_audio": "it holds no audio (0 samples); record or upload the clip again",
+    "non_finite_audio": "it holds NaN or infinite samples; re-export it as 16-bit PCM",
+}
