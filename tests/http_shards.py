@@ -9,6 +9,7 @@ on 127.0.0.1 only. Faults, both deterministic:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import struct
@@ -66,8 +67,8 @@ class FaultyServer:
         self.stalls = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._connections: set[socket.socket] = set()
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
 
     @property
@@ -92,6 +93,11 @@ class FaultyServer:
         self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            # Kept-alive connections would go on being served by their threads: cut them too.
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=10)
 
     def _fault(self, ranged: bool) -> str | None:
@@ -116,6 +122,17 @@ class FaultyServer:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with server._lock:
+                    server._connections.discard(self.connection)
+                with contextlib.suppress(OSError):
+                    super().finish()
+
             def do_HEAD(self) -> None:
                 self._answer(body=False)
 
@@ -123,6 +140,9 @@ class FaultyServer:
                 self._answer(body=True)
 
             def _answer(self, body: bool) -> None:
+                if server._stopping.is_set():
+                    self.close_connection = True
+                    return
                 path = server.root / self.path.lstrip("/").split("?")[0]
                 if not path.is_file():
                     self.send_error(404)
@@ -157,3 +177,10 @@ class FaultyServer:
                 self.connection.close()
 
         return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the resets are on purpose; a traceback per reset would bury the test output

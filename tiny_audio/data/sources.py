@@ -1,8 +1,8 @@
 """Open the configured datasets with `datasets` (streaming by default) as one record stream.
 
 Every split, whatever its origin (a Hub id, a local directory or files at a URL: remote.py) and
-audio column type, is mapped to the same undecoded schema (COMMON_FEATURES) so that splits can be concatenated and datasets
-mixed. Decoding happens later, in the stream, where bad records are caught and counted.
+audio column type, is mapped to the same undecoded schema (COMMON_FEATURES) so that splits can be
+concatenated and datasets mixed. Decoding happens later, in the stream, where bad records are caught and counted.
 """
 
 from __future__ import annotations
