@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 
+from tests.data_helpers import sentence, tone
 from tests.http_shards import FaultyServer, write_parquet_shards
 from tests.test_resume import projector_weights, start_child, wait_for
 from tiny_audio.config import Config, ConfigError, DatasetConfig, RemoteConfig
 from tiny_audio.data import remote
+from tiny_audio.data.sources import COMMON_FEATURES, train_records
 from tiny_audio.training import checkpoints
 from tiny_audio.training.data_host import DataHostDownError
 from tiny_audio.training.loaders import build_train_loader
@@ -99,6 +103,25 @@ def test_a_url_path_needs_data_files_and_a_local_one_refuses_them() -> None:
         Config(data=dataclasses.replace(Config().data, datasets=[local])).validate()
 
 
+def test_remote_records_keep_the_common_schema_and_stable_ids(tmp_path: Path, shards: Path) -> None:
+    """Parquet with the audio inside, and jsonl naming clips, read as the same undecoded records twice."""
+    clip = tmp_path / "clip.flac"
+    sf.write(clip, tone(0.6), 16000)
+    (shards / "manifest.jsonl").write_text(json.dumps({"audio": str(clip), "text": "a clip on a shared disk"}) + "\n")
+    with FaultyServer(shards) as server:
+        entries = [
+            remote_entry(server),
+            DatasetConfig(path=server.base, data_files={"train": ["manifest.jsonl"], "validation": ["manifest.jsonl"]}),
+        ]
+        cfg = dataclasses.replace(Config().data, datasets=entries, remote=FAST)
+        first, again = list(train_records(cfg)), list(train_records(cfg))
+    assert first == again and len(first) == 21
+    assert set(first[0]) == set(COMMON_FEATURES)
+    assert first[0]["sample_id"] == f"{server.base}/train/train_0000.flac" and first[0]["audio_bytes"][:4] == b"fLaC"
+    assert first[0]["text"] == sentence(0)
+    assert first[-1]["audio_path"] == str(clip) and first[-1]["audio_bytes"] is None
+
+
 # --- faults ----------------------------------------------------------------------------------
 
 
@@ -109,18 +132,23 @@ def texts_through_the_train_loader(cfg: Config, batches: int) -> list[str]:
     return [text for _ in range(batches) for text in next(iterator)]
 
 
-def loader_config(tiny_run_config, shards: Path, server: FaultyServer) -> Config:
-    cfg = tiny_run_config(shards, data={"num_workers": 2, "shuffle_buffer": 6}, per_device_train_batch_size=3)
-    return with_remote_data(cfg, server)
+def loader_config(tiny_run_config, shards: Path, server: FaultyServer, split_by: str) -> Config:
+    # A cap splits the dataset among workers by records (every n-th), not by whole shards.
+    cap = {"max_train_samples": 20} if split_by == "records" else {}
+    data = {"num_workers": 2, "shuffle_buffer": 6, **cap}
+    return with_remote_data(tiny_run_config(shards, data=data, per_device_train_batch_size=3), server)
 
 
-def test_a_host_that_drops_and_stalls_yields_exactly_the_undisturbed_records(tiny_run_config, shards: Path) -> None:
-    """20 records, 2 workers with 2 shards each: 16 batches of 3 cross into the third pass."""
+@pytest.mark.parametrize("split_by", ["shards", "records"])
+def test_a_host_that_drops_and_stalls_yields_exactly_the_undisturbed_records(
+    tiny_run_config, shards: Path, split_by: str
+) -> None:
+    """20 records, 2 workers: 16 batches of 3 cross into the third pass."""
     with FaultyServer(shards) as clean:
-        expected = texts_through_the_train_loader(loader_config(tiny_run_config, shards, clean), 16)
+        expected = texts_through_the_train_loader(loader_config(tiny_run_config, shards, clean, split_by), 16)
     with FaultyServer(shards, reset_every=3, stall_once=True, stall_after=2, stall_seconds=20) as faulty:
         started = time.monotonic()
-        got = texts_through_the_train_loader(loader_config(tiny_run_config, shards, faulty), 16)
+        got = texts_through_the_train_loader(loader_config(tiny_run_config, shards, faulty, split_by), 16)
         elapsed = time.monotonic() - started
     assert faulty.resets >= 3 and faulty.stalls == 1  # the faults did happen
     assert elapsed < 15  # the stall was cut by the read timeout, not waited out
