@@ -160,7 +160,8 @@ def test_a_host_that_stays_down_stops_training_with_one_line(tiny_run_config, sh
     settings = RemoteConfig(retries=3, backoff=0.05, max_backoff=0.1, timeout=1.0)
     with FaultyServer(shards) as server:
         output_dir = shards.parent / "down"
-        cfg = tiny_run_config(shards, output_dir=str(output_dir), max_steps=200, save_steps=2)
+        data = {"num_workers": 2, "shuffle_buffer": 6}  # the error crosses from a loader worker
+        cfg = tiny_run_config(shards, output_dir=str(output_dir), data=data, max_steps=200, save_steps=2)
         cfg = with_remote_data(cfg, server, settings)
         started = time.monotonic()
         with pytest.raises(DataHostDownError) as error:
@@ -169,8 +170,9 @@ def test_a_host_that_stays_down_stops_training_with_one_line(tiny_run_config, sh
     assert "\n" not in message, message
     assert time.monotonic() - started < 60
     assert message.startswith(f"training stopped: cannot read {server.base}/train-0000")
-    assert "3 retries over 0 s failed (last error" in message
-    assert f"the last complete checkpoint is {output_dir / 'checkpoint-2'}" in message
+    assert "3 retries over 0 s failed (last error " in message
+    last = checkpoints.latest_checkpoint(output_dir)  # workers had records buffered when the host died
+    assert last is not None and f"the last complete checkpoint is {last}" in message
     assert message.endswith(f"resume with: training.resume_from_checkpoint=latest training.output_dir={output_dir}")
 
 

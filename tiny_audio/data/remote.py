@@ -136,19 +136,23 @@ def use_own_retries() -> None:
         setattr(datasets.config, name, 0)
 
 
-def is_transient(error: BaseException) -> bool:
-    """A dropped connection, a timeout or a 5xx/408/429 answer, here or in the error's causes."""
-    seen: set[int] = set()
+def transient_cause(error: BaseException) -> BaseException | None:
+    """The dropped connection, timeout or 5xx/408/429 answer behind `error` (the innermost), or None.
+
+    Innermost, because wrappers (`datasets`' "Server Disconnected", fsspec's FileNotFoundError for a
+    host it could not reach) say less than what they wrap.
+    """
+    found, seen = None, set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         status = getattr(current, "status", None)
         if isinstance(status, int) and status in _PERMANENT_STATUSES and status not in _TRANSIENT_STATUSES:
-            return False
+            return None
         if isinstance(current, (ConnectionError, TimeoutError)) or _is_client_error(current):
-            return True
+            found = current
         current = current.__cause__ or current.__context__
-    return False
+    return found
 
 
 def _is_client_error(error: BaseException) -> bool:
@@ -178,12 +182,13 @@ class Retries:
 
     def failed(self, error: BaseException, url: str) -> None:
         """Wait before the next attempt, or raise RemoteReadError when the retries are spent."""
-        if not is_transient(error):
+        cause = transient_cause(error)
+        if cause is None:
             raise error
         if self.failures >= self.config.retries:
             raise RemoteReadError(
                 f"cannot read {url}: {self.failures} retries over {self.waited:.0f} s failed "
-                f"(last error {describe(error)})"
+                f"(last error {describe(cause)})"
             ) from error
         delay = min(self.config.backoff * 2**self.failures, self.config.max_backoff)
         self.failures += 1
