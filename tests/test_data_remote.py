@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
+from datasets import IterableDataset
 
 from tests.data_helpers import sentence, tone
 from tests.http_shards import FaultyServer, write_parquet_shards
 from tests.test_resume import projector_weights, start_child, wait_for
 from tiny_audio.config import Config, ConfigError, DatasetConfig, RemoteConfig
 from tiny_audio.data import remote
+from tiny_audio.data.cursor import SourceCursor
 from tiny_audio.data.sources import COMMON_FEATURES, train_records
 from tiny_audio.training import checkpoints
 from tiny_audio.training.data_host import DataHostDownError
@@ -229,3 +231,28 @@ def test_sigkill_mid_faulty_stream_then_resume_matches_an_uninterrupted_run(
     assert final.keys() == expected.keys()
     for key in expected:
         assert torch.equal(final[key], expected[key]), key
+
+
+class HostCuttingAt:
+    """Records 0..n-1, then a dropped connection, on each of the first `give_up_after` openings."""
+
+    def __init__(self, n: int, give_up_after: int = 10) -> None:
+        self.n, self.give_up_after, self.openings = n, give_up_after, 0
+
+    def __call__(self):
+        self.openings += 1
+        for i in range(self.n + 2):
+            if i == self.n and self.openings <= self.give_up_after:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            yield {"i": i}
+
+
+def test_a_host_failing_at_the_same_record_every_time_spends_the_retries() -> None:
+    """Records re-read before the failing one are not progress: the retries still run out."""
+    host = HostCuttingAt(3)
+    records = IterableDataset.from_generator(host)
+    cursor = SourceCursor(records, seed=0, source=0, worker=0, workers=1, buffer_size=0, remote=FAST)
+    assert [cursor.next()["i"] for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(remote.RemoteReadError, match=r"6 retries over 2 s failed \(last error ConnectionResetError"):
+        cursor.next()
+    assert host.openings == 7

@@ -62,6 +62,9 @@ class SourceCursor:
     ) -> None:
         self.records = records
         self.retries = Retries(remote or RemoteConfig())
+        # (pass, segment, records of it) where the last read failed: retries count as spent until the
+        # reader gets past it, so a host that always fails at the same place cannot loop forever.
+        self._failed_at = (-1, -1, -1)
         self.seed, self.source, self.worker, self.workers = seed, source, worker, workers
         self.buffer_size = buffer_size
         self.cap = cap
@@ -105,7 +108,8 @@ class SourceCursor:
             except Exception as error:
                 self._reopen_after(error)
                 continue
-            self.retries.succeeded()
+            if (self.passes, self._segment, self._index) >= self._failed_at:
+                self.retries.succeeded()
             if batch is None:
                 self._segment, self._index, self._iterator = self._segment + 1, 0, None
                 self._here = Position(self._segment, None, 0, self._here.read)
@@ -132,6 +136,7 @@ class SourceCursor:
 
         Records of other workers read since then are read (and passed over) again.
         """
+        self._failed_at = (self.passes, self._segment, self._index)
         self.retries.failed(error, current_file(self._dataset) or "the dataset's files")
         self._iterator = None
         self._index = self._here.index
