@@ -248,11 +248,15 @@ class HostCuttingAt:
 
 
 def test_a_host_failing_at_the_same_record_every_time_spends_the_retries() -> None:
-    """Records re-read before the failing one are not progress: the retries still run out."""
-    host = HostCuttingAt(3)
+    """Records re-read before the failing one are not progress: the retries still run out.
+
+    Reader 0 of 2 reads records 0, 2, 4...; each retry reopens after record 2 and reads record 3
+    (the other reader's) again before record 4 fails again.
+    """
+    host = HostCuttingAt(4)
     records = IterableDataset.from_generator(host)
-    cursor = SourceCursor(records, seed=0, source=0, worker=0, workers=1, buffer_size=0, remote=FAST)
-    assert [cursor.next()["i"] for _ in range(3)] == [0, 1, 2]
+    cursor = SourceCursor(records, seed=0, source=0, worker=0, workers=2, buffer_size=0, remote=FAST)
+    assert [cursor.next()["i"] for _ in range(2)] == [0, 2]
     with pytest.raises(remote.RemoteReadError, match=r"6 retries over 2 s failed \(last error ConnectionResetError"):
         cursor.next()
     assert host.openings == 7

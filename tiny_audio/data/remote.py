@@ -12,6 +12,7 @@ multiply with ours and sleep 5 s even before giving up.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ import fsspec
 
 from tiny_audio.config import DatasetConfig, RemoteConfig
 
+logger = logging.getLogger(__name__)
 # Scheme -> the fsspec package that reads it (http comes with fsspec through aiohttp).
 SCHEMES = {"http": "aiohttp", "https": "aiohttp", "s3": "s3fs", "gs": "gcsfs"}
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -193,6 +195,9 @@ class Retries:
         delay = min(self.config.backoff * 2**self.failures, self.config.max_backoff)
         self.failures += 1
         self.waited += delay
+        logger.warning(
+            f"read of {url} failed ({describe(cause)}); retry {self.failures}/{self.config.retries} in {delay:.1f} s"
+        )
         self.sleep(delay)
 
 
