@@ -260,3 +260,25 @@ def test_a_host_failing_at_the_same_record_every_time_spends_the_retries() -> No
     with pytest.raises(remote.RemoteReadError, match=r"6 retries over 2 s failed \(last error ConnectionResetError"):
         cursor.next()
     assert host.openings == 7
+
+
+def test_a_host_down_at_the_start_fails_opening_with_one_line(shards: Path) -> None:
+    with FaultyServer(shards) as server:
+        pass  # stopped: its port refuses connections
+    cfg = dataclasses.replace(Config().data, datasets=[remote_entry(server)], remote=FAST)
+    with pytest.raises(remote.RemoteReadError) as error:
+        train_records(cfg)
+    assert str(error.value).startswith(
+        f"cannot read {server.base}/train-00000.parquet (opening data.datasets[0] split 'train'): 6 retries over"
+    )
+
+
+def test_a_missing_file_fails_opening_at_once_naming_it(shards: Path) -> None:
+    with FaultyServer(shards) as server:
+        entry = DatasetConfig(path=server.base, data_files={"train": ["train-{00003..00004}.parquet"]})
+        cfg = dataclasses.replace(Config().data, datasets=[entry], remote=FAST)
+        with pytest.raises(remote.RemoteDataError) as error:
+            train_records(cfg)
+    assert str(error.value).startswith(
+        f"data.datasets[0].data_files.train: {server.base}/train-00004.parquet was not found (FileNotFoundError"
+    )

@@ -3,8 +3,8 @@
 A dataset entry whose `path` is a URL (http(s)://, s3://, gs://) lists its files per split in
 `data_files`, relative to that URL or absolute; `{00000..00127}` expands to a numbered range.
 `datasets` streams them through fsspec. Faults are handled in one place, the cursor's read loop
-(`Retries`): a failed read reopens the file at the last record read (a `datasets` position), so a
-retried record is read exactly once; after `data.remote.retries` consecutive failures the run stops
+(`Retries`): a failed read reopens the file just after the last record read (a `datasets`
+position), so a retried record is read exactly once; after `data.remote.retries` consecutive failures the run stops
 with one line. `datasets`' own fixed-interval retries are turned off for such runs: they would
 multiply with ours and sleep 5 s even before giving up.
 """
@@ -223,14 +223,13 @@ def _current_file(records: Any) -> str | None:
     return str(files[shard])
 
 
-def unreachable(urls: list[str], remote: RemoteConfig) -> tuple[str, str] | None:
-    """The first URL that does not answer (and why), else None; for the preflight's reachability check."""
+def first_failure(urls: tuple[str, ...] | list[str], remote: RemoteConfig) -> tuple[str, BaseException] | None:
+    """The first URL that does not answer, and its error (a 404 or a network error), else None."""
     options = storage_options(remote)
     for url in urls:
         name = scheme(url) or "file"
         try:
-            fs = fsspec.filesystem(name, **options.get(name, {}))
-            fs.info(url)
+            fsspec.filesystem(name, **options.get(name, {})).info(url)
         except Exception as error:  # any failure means the run would not read it
-            return url, describe(error)
+            return url, error
     return None

@@ -188,11 +188,16 @@ def _open_remote(
             )
             return records, _column_names(records, dataset, split)
         except FileNotFoundError as error:
-            raise remote.RemoteDataError(
-                f"data.datasets[{index}].data_files.{split}: {error} was not found on the server; check the URL"
-            ) from error
+            # `datasets` says "Unable to find" for a host it cannot reach too: ask the host which it is.
+            url, cause = remote.first_failure(files.urls, remote_cfg) or (files.urls[0], error)
+            if remote.transient_cause(cause) is None:
+                raise remote.RemoteDataError(
+                    f"data.datasets[{index}].data_files.{split}: {url} was not found "
+                    f"({remote.describe(cause)}); check the URL"
+                ) from error
+            retries.failed(cause, f"{url} (opening data.datasets[{index}] split '{split}')")
         except Exception as error:
-            retries.failed(error, files.urls[0])
+            retries.failed(error, f"{files.urls[0]} (opening data.datasets[{index}] split '{split}')")
 
 
 def _looks_local(path: str) -> bool:

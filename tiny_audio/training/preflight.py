@@ -114,10 +114,10 @@ class Preflight:
                     urls += remote.remote_split(dataset, index, split).urls
         except remote.RemoteDataError as error:
             raise CheckFailed(str(error)) from None
-        failure = remote.unreachable(urls, self.cfg.data.remote)
+        failure = remote.first_failure(urls, self.cfg.data.remote)
         if failure is not None:
-            url, why = failure
-            raise CheckFailed(f"{url} is unreachable ({why}); check the URL and the data host")
+            url, error = failure
+            raise CheckFailed(f"{url} is unreachable ({remote.describe(error)}); check the URL and the data host")
         return f"{len(urls)} remote files reachable"
 
     def check_tracker(self) -> str:
