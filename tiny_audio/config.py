@@ -174,8 +174,11 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    path: str = MISSING  # hub id or local directory (audiofolder, parquet or jsonl)
+    path: str = MISSING  # hub id, local directory (audiofolder, parquet or jsonl), or base URL of data_files
     name: str | None = None
+    # Files per split when `path` is an http(s)://, s3:// or gs:// URL: names relative to it (or full
+    # URLs), parquet or jsonl; `{00000..00127}` expands to a numbered range. See data.remote.
+    data_files: dict[str, list[str]] = field(default_factory=dict)
     audio_column: str = "audio"
     text_column: str = "text"
     train_splits: list[str] = field(default_factory=lambda: ["train"])
@@ -183,8 +186,44 @@ class DatasetConfig:
     sampling_weight: float = 1.0
 
     def validate(self, prefix: str) -> None:
-        _require(bool(self.path), f"{prefix}.path", self.path, "a hub id or a local directory")
+        _require(bool(self.path), f"{prefix}.path", self.path, "a hub id, a local directory or a URL")
+        remote = self.path.startswith(REMOTE_PREFIXES)
+        _require(
+            remote or not self.data_files,
+            f"{prefix}.data_files",
+            dict(self.data_files),
+            "empty unless path is an http(s)://, s3:// or gs:// URL",
+        )
+        _require(
+            not remote or bool(self.data_files),
+            f"{prefix}.data_files",
+            dict(self.data_files),
+            "the files of each split under the URL, e.g. {train: ['train-{00000..00003}.parquet']}",
+        )
         _require(self.sampling_weight > 0, f"{prefix}.sampling_weight", self.sampling_weight, "> 0")
+
+
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://")
+
+
+@dataclass
+class RemoteConfig:
+    """Reading datasets whose path is a URL: when a flaky host counts as down (tiny_audio/data/remote.py).
+
+    A failed read is retried after `backoff` seconds, doubling up to `max_backoff`; after `retries`
+    consecutive failures the run stops (about 2 minutes of waiting with the defaults).
+    """
+
+    retries: int = 8
+    backoff: float = 1.0  # seconds
+    max_backoff: float = 30.0  # seconds
+    timeout: float = 60.0  # seconds to connect, and of silence within a read, before the read fails
+
+    def validate(self, prefix: str) -> None:
+        _require(self.retries >= 0, f"{prefix}.retries", self.retries, ">= 0")
+        _require(self.backoff >= 0, f"{prefix}.backoff", self.backoff, ">= 0")
+        _require(self.max_backoff >= self.backoff, f"{prefix}.max_backoff", self.max_backoff, ">= backoff")
+        _require(self.timeout > 0, f"{prefix}.timeout", self.timeout, "> 0, e.g. 60")
 
 
 @dataclass
@@ -232,6 +271,7 @@ class DataConfig:
     group_by_length: bool = False
     bucket_buffer: int = 256  # samples per worker held decoded in memory while sorting
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
     def validate(self, prefix: str = "data") -> None:
         _require(bool(self.datasets), f"{prefix}.datasets", list(self.datasets), "at least one dataset entry")
@@ -258,6 +298,7 @@ class DataConfig:
         _require(self.shuffle_buffer >= 0, f"{prefix}.shuffle_buffer", self.shuffle_buffer, ">= 0")
         _require(self.bucket_buffer >= 1, f"{prefix}.bucket_buffer", self.bucket_buffer, ">= 1, e.g. 256")
         self.spec_augment.validate(f"{prefix}.spec_augment")
+        self.remote.validate(f"{prefix}.remote")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"{prefix}.{name}", value, "null or >= 1")

@@ -12,6 +12,9 @@ position can be saved as a few numbers and replayed exactly:
   it (not their audio), the generator's state, and the source position (a `datasets` state_dict)
   just before the oldest record still in the buffer. Restoring re-reads the records from there to
   the saved read-count without decoding them, keeps those that were in the buffer, and continues.
+
+A failed read (a dropped connection, a stalled host) reopens the segment at the same kind of
+position, just after the worker's last record, so no record is lost or read twice (remote.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Any
 
 import numpy as np
 from datasets import IterableDataset as RecordStream
+
+from tiny_audio.config import RemoteConfig
+from tiny_audio.data.remote import Retries, current_file
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,13 @@ class SourceCursor:
         workers: int,
         buffer_size: int,
         cap: int | None = None,
+        remote: RemoteConfig | None = None,
     ) -> None:
         self.records = records
+        self.retries = Retries(remote or RemoteConfig())
+        # (pass, segment, records of it) where the last read failed: retries count as spent until the
+        # reader gets past it, so a host that always fails at the same place cannot loop forever.
+        self._failed_at = (-1, -1, -1)
         self.seed, self.source, self.worker, self.workers = seed, source, worker, workers
         self.buffer_size = buffer_size
         self.cap = cap
@@ -92,7 +103,13 @@ class SourceCursor:
                 self._open_segment()
             if self.cap is not None and self._index >= self.cap:
                 break
-            batch = next(self._iterator, None)  # type: ignore[call-overload]
+            try:
+                batch = next(self._iterator, None)  # type: ignore[call-overload]
+            except Exception as error:
+                self._reopen_after(error)
+                continue
+            if (self.passes, self._segment, self._index) >= self._failed_at:
+                self.retries.succeeded()
             if batch is None:
                 self._segment, self._index, self._iterator = self._segment + 1, 0, None
                 self._here = Position(self._segment, None, 0, self._here.read)
@@ -113,6 +130,16 @@ class SourceCursor:
         self._dataset = dataset
         # `iter` rather than `for record in dataset`: the latter splits by dataloader worker again.
         self._iterator = iter(dataset.iter(batch_size=1))
+
+    def _reopen_after(self, error: Exception) -> None:
+        """After a backoff, read the segment again from just after this worker's last record.
+
+        Records of other workers read since then are read (and passed over) again.
+        """
+        self._failed_at = (self.passes, self._segment, self._index)
+        self.retries.failed(error, current_file(self._dataset) or "the dataset's files")
+        self._iterator = None
+        self._index = self._here.index
 
     def _segment_dataset(self, shard: int) -> RecordStream:
         # A new dataset object each time: a loaded state_dict stays with the object for later passes.

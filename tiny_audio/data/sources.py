@@ -1,8 +1,8 @@
 """Open the configured datasets with `datasets` (streaming by default) as one record stream.
 
-Every split, whatever its origin (a Hub id or a local directory) and audio column type, is mapped
-to the same undecoded schema (COMMON_FEATURES) so that splits can be concatenated and datasets
-mixed. Decoding happens later, in the stream, where bad records are caught and counted.
+Every split, whatever its origin (a Hub id, a local directory or files at a URL: remote.py) and
+audio column type, is mapped to the same undecoded schema (COMMON_FEATURES) so that splits can be
+concatenated and datasets mixed. Decoding happens later, in the stream, where bad records are caught and counted.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from datasets import (
 )
 from datasets.exceptions import DatasetNotFoundError
 
-from tiny_audio.config import DataConfig, DatasetConfig
-from tiny_audio.data import skips
+from tiny_audio.config import DataConfig, DatasetConfig, RemoteConfig
+from tiny_audio.data import remote, skips
 from tiny_audio.data.local import AUDIOFOLDER_FILE_COLUMN, find_local_splits
 
 COMMON_FEATURES = Features(
@@ -55,7 +55,10 @@ def train_sources(cfg: DataConfig) -> list[IterableDataset]:
     """Each dataset entry's train splits, concatenated, in file order (the stream shuffles and mixes)."""
     sources = []
     for index, dataset in enumerate(cfg.datasets):
-        parts = [open_split(dataset, index, split, streaming=cfg.streaming) for split in dataset.train_splits]
+        parts = [
+            open_split(dataset, index, split, streaming=cfg.streaming, remote_cfg=cfg.remote)
+            for split in dataset.train_splits
+        ]
         sources.append(parts[0] if len(parts) == 1 else concatenate_datasets(parts))
     return sources
 
@@ -86,7 +89,7 @@ def train_caps(cfg: DataConfig) -> list[int | None]:
 def eval_sources(cfg: DataConfig) -> IterableDataset:
     """Every eval split of every dataset, in config order, uncapped."""
     parts = [
-        open_split(dataset, index, split, streaming=cfg.streaming)
+        open_split(dataset, index, split, streaming=cfg.streaming, remote_cfg=cfg.remote)
         for index, dataset in enumerate(cfg.datasets)
         for split in dataset.eval_splits
     ]
@@ -99,10 +102,16 @@ def eval_records(cfg: DataConfig) -> IterableDataset:
     return records.take(cfg.max_eval_samples) if cfg.max_eval_samples else records
 
 
-def open_split(dataset: DatasetConfig, index: int, split: str, *, streaming: bool) -> IterableDataset:
+def open_split(
+    dataset: DatasetConfig, index: int, split: str, *, streaming: bool, remote_cfg: RemoteConfig | None = None
+) -> IterableDataset:
     """One split of one dataset entry, as undecoded records in COMMON_FEATURES."""
-    records, base_dir = _load_split(dataset, index, split, streaming=streaming)
-    columns = _column_names(records, dataset, split)
+    if remote.is_remote(dataset.path):
+        records, columns = _open_remote(dataset, index, split, remote_cfg or RemoteConfig())
+        base_dir = None  # audio inside the files; a relative path there names the clip, nothing to fetch
+    else:
+        records, base_dir = _load_split(dataset, index, split, streaming=streaming)
+        columns = _column_names(records, dataset, split)
     if (
         dataset.audio_column not in columns
         and dataset.audio_column == "audio"
@@ -159,6 +168,36 @@ def _load_split(dataset: DatasetConfig, index: int, split: str, *, streaming: bo
     if streaming:
         return available[split], None
     return load_dataset(dataset.path, dataset.name, split=split), None
+
+
+def _open_remote(
+    dataset: DatasetConfig, index: int, split: str, remote_cfg: RemoteConfig
+) -> tuple[IterableDataset, list[str]]:
+    """A remote split, always streamed; opening it (schema, first row) retries like reading does."""
+    files = remote.remote_split(dataset, index, split)
+    remote.use_own_retries()
+    retries = remote.Retries(remote_cfg)
+    while True:
+        try:
+            records = load_dataset(
+                files.builder,
+                data_files={split: list(files.urls)},
+                split=split,
+                streaming=True,
+                storage_options=remote.storage_options(remote_cfg),
+            )
+            return records, _column_names(records, dataset, split)
+        except FileNotFoundError as error:
+            # `datasets` says "Unable to find" for a host it cannot reach too: ask the host which it is.
+            url, cause = remote.first_failure(files.urls, remote_cfg) or (files.urls[0], error)
+            if remote.transient_cause(cause) is None:
+                raise remote.RemoteDataError(
+                    f"data.datasets[{index}].data_files.{split}: {url} was not found "
+                    f"({remote.describe(cause)}); check the URL"
+                ) from error
+            retries.failed(cause, f"{url} (opening data.datasets[{index}] split '{split}')")
+        except Exception as error:
+            retries.failed(error, f"{files.urls[0]} (opening data.datasets[{index}] split '{split}')")
 
 
 def _looks_local(path: str) -> bool:

@@ -144,6 +144,7 @@ class SpeechStream(torch.utils.data.IterableDataset):
                 workers=workers,
                 buffer_size=self.buffer_size,
                 cap=cap,
+                remote=self.cfg.remote,
             )
             for index, (records, cap) in enumerate(zip(self.sources, self.caps, strict=True))
         ]

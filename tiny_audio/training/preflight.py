@@ -29,6 +29,7 @@ from torch import nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCausalLM, AutoTokenizer
 
 from tiny_audio.config import Config, ConfigError
+from tiny_audio.data import remote
 from tiny_audio.data.collator import collator_for
 from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.sources import DataSourceError, train_records
@@ -82,6 +83,7 @@ class Preflight:
     def checks(self) -> list[tuple[str, Callable[[], str]]]:
         found: list[tuple[str, Callable[[], str]]] = [
             ("config", self.check_config),
+            *([("remote data", self.check_remote_data)] if self._remote_datasets() else []),
             ("tracker", self.check_tracker),
             ("hub", self.check_hub),
             ("models", self.check_models),
@@ -99,6 +101,24 @@ class Preflight:
             raise CheckFailed(str(error)) from None
         args = self.cfg.training
         return f"experiment '{self.cfg.experiment}', {args.max_steps} steps, output {args.output_dir}"
+
+    def _remote_datasets(self) -> list[tuple[int, Any]]:
+        return [(i, dataset) for i, dataset in enumerate(self.cfg.data.datasets) if remote.is_remote(dataset.path)]
+
+    def check_remote_data(self) -> str:
+        """Every file of every split a run reads answers, before any model loads."""
+        urls: list[str] = []
+        try:
+            for index, dataset in self._remote_datasets():
+                for split in (*dataset.train_splits, *dataset.eval_splits):
+                    urls += remote.remote_split(dataset, index, split).urls
+        except remote.RemoteDataError as error:
+            raise CheckFailed(str(error)) from None
+        failure = remote.first_failure(urls, self.cfg.data.remote)
+        if failure is not None:
+            url, error = failure
+            raise CheckFailed(f"{url} is unreachable ({remote.describe(error)}); check the URL and the data host")
+        return f"{len(urls)} remote files reachable"
 
     def check_tracker(self) -> str:
         report_to = self.cfg.training.report_to
@@ -225,7 +245,7 @@ class Preflight:
             samples = list(itertools.islice(iter(build_train_stream(data)), size))
             if next(iter(build_eval_stream(data)), None) is None:
                 raise CheckFailed("the eval splits hold no usable sample; check data.datasets[].eval_splits")
-        except (DataSourceError, DataQualityError) as error:
+        except (DataSourceError, DataQualityError, remote.RemoteDataError, remote.RemoteReadError) as error:
             raise CheckFailed(str(error)) from None
         seconds = sum(len(s["audio"]) for s in samples) / data.sample_rate
         if self.model is None:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tiny_audio.config import Config
 from tiny_audio.data.collator import collator_for
 from tiny_audio.data.guard import DataQualityError
+from tiny_audio.data.remote import RemoteDataError, RemoteReadError
 from tiny_audio.data.sources import DataSourceError
 from tiny_audio.data.stream import build_eval_stream
 from tiny_audio.evaluation.callback import WerCallback
@@ -27,6 +28,7 @@ from tiny_audio.model.scale import StepZeroScale
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.checkpoints import CheckpointMismatchError
+from tiny_audio.training.data_host import DataHostDownError, data_host_down_reported
 from tiny_audio.training.disk import DiskFullError, disk_full_error, is_disk_full
 from tiny_audio.training.loaders import build_train_loader, train_collator
 from tiny_audio.training.operations import operations_callbacks
@@ -114,7 +116,7 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
             init_kwargs=_tracker_kwargs(cfg, output_dir, trainer.resumed_wandb_run_id),
         )
     try:
-        with full_disk_reported(output_dir, "the tracker logs"):
+        with full_disk_reported(output_dir, "the tracker logs"), data_host_down_reported(output_dir):
             return trainer.fit()
     finally:
         if cache := accelerator.unwrap_model(model).encoder.cache:
@@ -218,6 +220,9 @@ def main(overrides: list[str]) -> int:
         PreflightError,
         CheckpointMismatchError,
         DiskFullError,
+        DataHostDownError,
+        RemoteDataError,
+        RemoteReadError,
     ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
