@@ -39,6 +39,7 @@ from tiny_audio.model.projectors import build_projector
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.hub import scrub_token
+from tiny_audio.training.precision import Precision, resolve_precision
 from tiny_audio.training.tracking import WANDB_DEFAULT_HOST, WANDB_LOCAL_MODES, require_tracker
 from tiny_audio.training.trainer import bf16_autocast
 
@@ -82,6 +83,7 @@ class Preflight:
     def checks(self) -> list[tuple[str, Callable[[], str]]]:
         found: list[tuple[str, Callable[[], str]]] = [
             ("config", self.check_config),
+            ("precision", self.check_precision),
             ("tracker", self.check_tracker),
             ("hub", self.check_hub),
             ("models", self.check_models),
@@ -99,6 +101,14 @@ class Preflight:
             raise CheckFailed(str(error)) from None
         args = self.cfg.training
         return f"experiment '{self.cfg.experiment}', {args.max_steps} steps, output {args.output_dir}"
+
+    def check_precision(self) -> str:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        reasons: list[str] = []
+        # Later checks (the full model build, the memory probe) run at the precision training will use.
+        self.cfg = resolve_precision(self.cfg, device, log=reasons.append)
+        chosen = Precision(self.cfg.model.dtype, self.cfg.training.bf16).describe(device.type)
+        return "; ".join([chosen, *reasons])
 
     def check_tracker(self) -> str:
         report_to = self.cfg.training.report_to
