@@ -106,6 +106,9 @@ def test_merged_lora_export_transcribes_the_same(saved: Path, clips, reference, 
     out = export_model(saved, tmp_path / "merged", merge_lora=True).directory
     config = json.loads((out / "config.json").read_text())
     assert config["lora"] is None and config["text_model"] == "text_model" and not (out / "lora").exists()
+    card = (out / "README.md").read_text()
+    assert "with its LoRA adapter merged into the LLM's weights" in card
+    assert "(`text_model/` included, the other referenced by id)" in card
     merged = pipeline("automatic-speech-recognition", model=str(out), trust_remote_code=True, device="cpu")
     assert [o["text"] for o in merged([str(c) for c in clips], max_new_tokens=MAX_NEW_TOKENS)] == reference
 
@@ -114,6 +117,7 @@ def test_self_contained_export_loads_without_tiny_audio_offline(saved: Path, cli
     out = export_model(saved, tmp_path / "full", include_frozen_weights=True).directory
     config = json.loads((out / "config.json").read_text())
     assert (config["audio_model"], config["text_model"]) == ("audio_model", "text_model")
+    assert "(both included in this repository)" in (out / "README.md").read_text()
     script = (
         "import sys, json\n"
         "sys.modules['tiny_audio'] = None  # a receiver's machine: tiny_audio cannot be imported\n"
