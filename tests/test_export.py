@@ -6,6 +6,7 @@ separate Python where tiny_audio cannot be imported and the Hub is switched off.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from transformers import AutoModel, pipeline
+from transformers.dynamic_module_utils import get_relative_imports
 from typer.testing import CliRunner
 
 from tests.data_helpers import tone
@@ -193,3 +195,22 @@ def test_an_import_without_a_portable_copy_stops_the_export(monkeypatch: pytest.
     monkeypatch.delitem(portable.PORTABLE_MODULES, "tiny_audio.prompts")
     with pytest.raises(portable.NotPortableError, match=r"imports PromptBuilder from tiny_audio\.prompts"):
         portable.portable_source("tiny_audio.model.speech_llm")
+
+
+def test_transformers_copies_every_sibling_each_exported_file_imports(exported: Path) -> None:
+    """Remote code loads a file's siblings only if transformers sees them named in `from .x import`."""
+    for file in exported.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {alias.name for alias in node.names}
+        assert imported <= set(get_relative_imports(file)), file.name
+
+
+def test_importing_a_module_rather_than_its_names_stops_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "uses_a_module.py").write_text("from tiny_audio.data import skips\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(portable.NotPortableError, match=r"import the names it uses: `from tiny_audio\.data\.skips"):
+        portable.portable_source("uses_a_module")
