@@ -70,6 +70,17 @@ def test_bucketing_yields_every_record_once_with_less_padding(mixed: Path) -> No
     assert first_block != sorted(first_block)
 
 
+def test_each_rank_shuffles_its_batches_in_its_own_order() -> None:
+    """One seed for all ranks would line their long batches up on the same steps."""
+    block = [{"audio": np.zeros(n)} for n in range(40)]
+    orders = [
+        LengthBucketedStream([], batch_size=2, buffer_size=40, seed=7, rank=rank).order(block, 0) for rank in (0, 1, 0)
+    ]
+    lengths = [[len(item["audio"]) for item in order] for order in orders]
+    assert lengths[0] == lengths[2], "the same rank orders a block the same way (exact resume)"
+    assert lengths[0] != lengths[1]
+
+
 def test_bucketing_is_off_unless_asked(mixed: Path) -> None:
     stream = build_train_stream(data_config(mixed))
     assert bucketed(stream, group_by_length=False, batch_size=4, buffer_size=8, seed=0) is stream

@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 from tiny_audio.config import to_config
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import run as run_module
-from tiny_audio.training.trainer import Callback
+from tiny_audio.training.trainer import Callback, Trainer
 
 out = Path(sys.argv[2])
 rank = os.environ["RANK"]
@@ -76,6 +76,15 @@ def forward(self, *args, **kwargs):
     return output
 
 SpeechLLM.forward = forward
+
+real_accumulate = Trainer.accumulate_gradients
+
+def accumulate(self, micro_batches):
+    with open(out / f"consumed-{rank}.jsonl", "a") as f:
+        f.write(json.dumps([[len(b["texts"]), b["audio_seconds"]] for b in micro_batches]) + "\\n")
+    return real_accumulate(self, micro_batches)
+
+Trainer.accumulate_gradients = accumulate
 run_module.collator_for = recording_collator_for
 run_module.run(to_config(OmegaConf.load(sys.argv[1])), callbacks=[Record()])
 """
@@ -132,6 +141,10 @@ def test_two_processes_train_save_and_resume(tiny_run_config, tmp_path: Path) ->
     assert min(rates) > 0 and float(progress.group(1)) == pytest.approx(sum(rates), abs=0.011)
     saved = checkpoints.load_training_state(tmp_path / "run" / "checkpoint-6")
     assert len(saved["ranks"]) == 2  # each rank's data position and random state
+    # Samples and audio are the run's totals over both ranks, not rank 0's share.
+    consumed = [_consumed(records / f"consumed-{rank}.jsonl") for rank in (0, 1)]
+    assert saved["train_state"]["samples_seen"] == sum(n for n, _ in consumed) == 6 * 2 * 2
+    assert saved["train_state"]["audio_seconds"] == pytest.approx(sum(s for _, s in consumed))
 
     # Each rank reads its own share of the data.
     texts = {rank: _texts(records / f"texts-{rank}.jsonl") for rank in (0, 1)}
@@ -152,6 +165,14 @@ def test_two_processes_train_save_and_resume(tiny_run_config, tmp_path: Path) ->
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "Resumed from" in second.stdout and second.stdout.count("Step 9/9 |") == 1
     assert checkpoints.read_trainer_state(tmp_path / "run" / "checkpoint-9")["layout"]["processes"] == 2
+    resumed = checkpoints.load_training_state(tmp_path / "run" / "checkpoint-9")["train_state"]
+    assert resumed["samples_seen"] == 9 * 2 * 2
+
+
+def _consumed(path: Path) -> tuple[int, float]:
+    """Samples and audio seconds of the micro-batches a rank trained on."""
+    batches = [batch for line in path.read_text().splitlines() for batch in json.loads(line)]
+    return sum(n for n, _ in batches), sum(seconds for _, seconds in batches)
 
 
 def _texts(path: Path) -> set[str]:

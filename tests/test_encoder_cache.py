@@ -108,11 +108,11 @@ def test_per_clip_encodes_each_clip_on_its_own_frames(tiny_model_config) -> None
     """`longest` padding: a cached clip's encoding must not depend on the batch it first came in."""
     model = build_model(tiny_model_config(encoder_padding="longest")).eval()
     batch = collator_for(model, 16000)(SAMPLES)
-    features, lengths = batch["input_features"], batch["encoder_lengths"]
-    hidden = EncoderCache(max_bytes=2**30, per_clip=True).encode(model.encoder.encode, features, lengths)
+    features, lengths, mels = batch["input_features"], batch["encoder_lengths"], batch["mel_lengths"]
+    hidden = EncoderCache(max_bytes=2**30, per_clip=True).encode(model.encoder.encode, features, lengths, mels)
     assert hidden.shape[1] == int(lengths.max())
-    for i, length in enumerate(lengths.tolist()):
-        alone = model.encoder.encode(features[i : i + 1, :, : 2 * length])[0, :length]
+    for i, (length, mel) in enumerate(zip(lengths.tolist(), mels.tolist(), strict=True)):
+        alone = model.encoder.encode(features[i : i + 1, :, :mel])[0, :length]
         torch.testing.assert_close(hidden[i, :length], alone)
         assert not hidden[i, length:].any()  # past the clip: zeros, which no projector output reads
     padded = model.encoder.encode(features)  # the batch's padding changes the shorter clips' frames
@@ -131,3 +131,48 @@ def test_the_config_attaches_a_cache_that_fits_its_padding(tiny_model_config, pa
         assert cache is None
     else:
         assert (cache.per_clip, cache.max_bytes) == (per_clip, 2**29)
+
+
+def test_an_odd_length_clip_has_one_key_wherever_it_sits_in_its_batch(tiny_model_config) -> None:
+    """101 mel frames make 51 encoder frames, as 102 would: the key must not take in a padding frame."""
+    model = build_model(tiny_model_config(encoder_padding="longest")).eval()
+    collate = collator_for(model, 16000)
+    odd = {"audio": tone(1.01, seed=3), "text": "odd"}  # 16,160 samples: 101 mel frames
+    longer, shorter = {"audio": tone(1.5, seed=4), "text": "b"}, {"audio": tone(0.5, seed=5), "text": "c"}
+    model.encoder.cache = EncoderCache(max_bytes=2**30, per_clip=True)
+    calls = EncoderCalls(model)
+    outputs = []
+    for batch in (collate([odd, longer]), collate([odd, shorter])):  # padded, then the longest of its batch
+        assert int(batch["mel_lengths"][0]) == 101
+        hidden = model.encoder(batch["input_features"], batch["encoder_lengths"], batch["mel_lengths"])
+        outputs.append(hidden[0, :51])
+    assert calls.clips == 3 and model.encoder.cache.hits == 1  # the odd clip was encoded once
+    assert len(model.encoder.cache.entries) == 3
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_a_clip_twice_in_one_batch_is_encoded_and_charged_once(tiny_model_config) -> None:
+    model = build_model(tiny_model_config(encoder_padding="max_length")).eval()
+    batch = collator_for(model, 16000)([SAMPLES[0], SAMPLES[0]])
+    model.encoder.cache = EncoderCache(max_bytes=2**30)
+    calls = EncoderCalls(model)
+    hidden = model.encoder(batch["input_features"], batch["encoder_lengths"], batch["mel_lengths"])
+    cache = model.encoder.cache
+    (clip,) = cache.entries.values()
+    assert calls.clips == 1 and (cache.hits, cache.misses) == (1, 1) and cache.bytes == clip.nbytes
+    torch.testing.assert_close(hidden[0], hidden[1])
+
+
+def test_whisper_with_longest_padding_and_a_cache_encodes_whole_windows(tiny_fixtures, tiny_model_config) -> None:
+    """Whisper's learned positions take exactly 3000 mel frames: no per-clip encoding for it."""
+    cfg = tiny_model_config(
+        audio_model_id=str(tiny_fixtures["whisper"]), encoder_padding="longest", encoder_cache_gib=0.5
+    )
+    model = build_model(cfg).eval()
+    batch = collator_for(model, 16000)(SAMPLES)
+    expected = model(**inputs(batch)).loss
+    attach_encoder_cache(model, cfg)
+    for _ in range(2):  # encoded, then from the cache
+        torch.testing.assert_close(model(**inputs(batch)).loss, expected)
+    assert (model.encoder.cache.hits, model.encoder.cache.misses) == (3, 3)
+    assert not model.encoder.cache.per_clip

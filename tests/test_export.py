@@ -6,6 +6,7 @@ separate Python where tiny_audio cannot be imported and the Hub is switched off.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from transformers import AutoModel, pipeline
+from transformers.dynamic_module_utils import get_relative_imports
 from typer.testing import CliRunner
 
 from tests.data_helpers import tone
@@ -106,6 +108,9 @@ def test_merged_lora_export_transcribes_the_same(saved: Path, clips, reference, 
     out = export_model(saved, tmp_path / "merged", merge_lora=True).directory
     config = json.loads((out / "config.json").read_text())
     assert config["lora"] is None and config["text_model"] == "text_model" and not (out / "lora").exists()
+    card = (out / "README.md").read_text()
+    assert "with its LoRA adapter merged into the LLM's weights" in card
+    assert "(`text_model/` included, the other referenced by id)" in card
     merged = pipeline("automatic-speech-recognition", model=str(out), trust_remote_code=True, device="cpu")
     assert [o["text"] for o in merged([str(c) for c in clips], max_new_tokens=MAX_NEW_TOKENS)] == reference
 
@@ -114,6 +119,7 @@ def test_self_contained_export_loads_without_tiny_audio_offline(saved: Path, cli
     out = export_model(saved, tmp_path / "full", include_frozen_weights=True).directory
     config = json.loads((out / "config.json").read_text())
     assert (config["audio_model"], config["text_model"]) == ("audio_model", "text_model")
+    assert "(both included in this repository)" in (out / "README.md").read_text()
     script = (
         "import sys, json\n"
         "sys.modules['tiny_audio'] = None  # a receiver's machine: tiny_audio cannot be imported\n"
@@ -189,3 +195,22 @@ def test_an_import_without_a_portable_copy_stops_the_export(monkeypatch: pytest.
     monkeypatch.delitem(portable.PORTABLE_MODULES, "tiny_audio.prompts")
     with pytest.raises(portable.NotPortableError, match=r"imports PromptBuilder from tiny_audio\.prompts"):
         portable.portable_source("tiny_audio.model.speech_llm")
+
+
+def test_transformers_copies_every_sibling_each_exported_file_imports(exported: Path) -> None:
+    """Remote code loads a file's siblings only if transformers sees them named in `from .x import`."""
+    for file in exported.glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {alias.name for alias in node.names}
+        assert imported <= set(get_relative_imports(file)), file.name
+
+
+def test_importing_a_module_rather_than_its_names_stops_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "uses_a_module.py").write_text("from tiny_audio.data import skips\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(portable.NotPortableError, match=r"import the names it uses: `from tiny_audio\.data\.skips"):
+        portable.portable_source("uses_a_module")

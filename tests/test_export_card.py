@@ -19,6 +19,8 @@ from typer.testing import CliRunner
 from tests.data_helpers import write_audiofolder
 from tests.training_helpers import short_run_config
 from tiny_audio.cli import app
+from tiny_audio.evaluation.dataset import load_test_set
+from tiny_audio.evaluation.registry import TestSet
 from tiny_audio.export import push
 from tiny_audio.export.card import EvalResultsError, build_card, read_eval_results
 from tiny_audio.training.run import run
@@ -63,7 +65,13 @@ def test_training_ends_with_an_export_and_a_card_from_the_run_records(short_run:
     eval_row = next(line for line in card.splitlines() if line.startswith("| 1 | 2 |"))
     assert len(eval_row.split("|")) > 3, "the evaluation at step 2 is tabled with its loss"
     assert "eval/loss" in card and "max_steps: 3" in card
-    assert f'pipeline("automatic-speech-recognition", model="{export}", trust_remote_code=True)' in card
+    # Named by the model (the export folder's own name), never by a local path.
+    assert "\n# export\n" in card
+    assert str(short_run) not in card.split("## Training")[0]
+    assert 'pipeline("automatic-speech-recognition", model="export", trust_remote_code=True)' in card
+    # What the card says of the weights is what the export holds: float32 projector, frozen models by id.
+    assert "The encoder and LLM load in float32 (referenced by id, not included)" in card
+    assert "the projector weights are stored in float32" in card and "no LoRA" in card
 
 
 def test_card_holds_eval_results_in_model_index_and_table(short_run: Path, tmp_path: Path) -> None:
@@ -97,11 +105,17 @@ def test_card_holds_eval_results_in_model_index_and_table(short_run: Path, tmp_p
         "split": "test",
     }
     assert second["dataset"]["config"] == "other"
-    assert "| speechbrain/LoquaciousSet | clean | test | 2000 | 12.30 % | 8.00 % |  |  |" in card
+    assert "| speechbrain/LoquaciousSet | clean | test | 2000 clips | 12.30 % | 8.00 % |  |  |" in card
 
 
 def test_card_reads_the_results_json_of_ta_eval(short_run: Path, tmp_path: Path) -> None:
-    loquacious = {"name": "loquacious-dev", "path": "speechbrain/LoquaciousSet", "config": "medium", "split": "dev"}
+    loquacious = {
+        "name": "loquacious-dev",
+        "path": "speechbrain/LoquaciousSet",
+        "config": "medium",
+        "split": "dev",
+        "split_size": 100,  # read to its end: the WER is the whole split's
+    }
     row = {"model": "outputs/mlp/checkpoint-3", "test_set": "loquacious-dev", "wer": 0.2, "num_samples": 100}
     document = {"schema_version": 1, "test_sets": [loquacious], "results": [row]}
     results = tmp_path / "results.json"
@@ -120,6 +134,55 @@ def test_card_reads_the_results_json_of_ta_eval(short_run: Path, tmp_path: Path)
     results.write_text(json.dumps(document))
     with pytest.raises(EvalResultsError, match="scores 2 models"):
         read_eval_results(results)
+
+
+def _ta_eval_results(tmp_path: Path, split_size: int | None, scored: int, skipped: dict[str, int]) -> Path:
+    test_set = {
+        "name": "ami",
+        "path": "esb/datasets",
+        "config": "ami",
+        "split": "test",
+        "skipped": skipped,
+        "split_size": split_size,
+    }
+    row = {"model": "outputs/mlp/checkpoint-3", "test_set": "ami", "wer": 0.3, "num_samples": scored}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"schema_version": 1, "test_sets": [test_set], "results": [row]}))
+    return results
+
+
+def test_a_subset_wer_is_tabled_as_one_and_kept_out_of_the_model_index(short_run: Path, tmp_path: Path) -> None:
+    # `ta eval` stopped at its default 100 clips: the split's size is unknown, two clips were too long.
+    results = read_eval_results(_ta_eval_results(tmp_path, None, 100, {"too_long": 2}))
+    card = build_card(short_run / "checkpoint-3", model_id="alice/tiny", eval_results=results)
+    assert "model-index" not in front_matter(card)
+    assert "| first 100 clips of the split (size unknown); dropped: too_long 2 | 30.00 % |" in card
+    assert "1 of these scored only part of their split" in card and "left out of the model-index" in card
+
+    (entry,) = front_matter(
+        build_card(short_run / "checkpoint-3", model_id="alice/tiny", eval_results=results, index_subsets=True)
+    )["model-index"][0]["results"]
+    assert entry["dataset"]["name"].startswith("ami (subset: first 100 clips")
+    assert entry["dataset"]["args"] == {"clips_scored": 100, "split_size": None}
+
+
+def test_clips_dropped_from_a_split_read_to_its_end_make_it_a_subset(short_run: Path, tmp_path: Path) -> None:
+    dropped = read_eval_results(_ta_eval_results(tmp_path, 103, 100, {"too_long": 3}))
+    card = build_card(short_run / "checkpoint-3", eval_results=dropped)
+    assert "| 100 of 103 clips; dropped: too_long 3 |" in card and "model-index" not in front_matter(card)
+    whole = read_eval_results(_ta_eval_results(tmp_path, 100, 100, {}))
+    card = build_card(short_run / "checkpoint-3", model_id="alice/tiny", eval_results=whole)
+    (entry,) = front_matter(card)["model-index"][0]["results"]
+    assert entry["dataset"]["name"] == "ami" and "args" not in entry["dataset"]
+    assert "| 100 of 100 clips |" in card and "scored only part" not in card
+
+
+def test_ta_eval_knows_the_split_size_only_when_it_read_the_split_to_its_end(tmp_path: Path) -> None:
+    data = write_audiofolder(tmp_path / "data", {"test": 5})
+    test_set = TestSet("local", str(data), None, "test")
+    assert load_test_set(test_set, 16000, limit=3).split_size is None
+    assert load_test_set(test_set, 16000, limit=5).split_size == 5  # the limit falls on the split's end
+    assert load_test_set(test_set, 16000, limit=None).split_size == 5
 
 
 def test_eval_results_schema_errors_are_clear(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from tests.data_helpers import write_audiofolder
 from tiny_audio.config import LoraConfig
 from tiny_audio.training.preflight import CheckResult, largest_batch, preflight_main, run_preflight
 
-CHEAP_CHECKS = ["config", "tracker", "hub", "models", "output dir", "dataset"]
+CHEAP_CHECKS = ["config", "precision", "tracker", "hub", "models", "output dir", "dataset"]
 
 
 def failed(results: list[CheckResult]) -> CheckResult:
@@ -27,7 +27,7 @@ def test_preflight_passes_on_the_tiny_fixtures(tiny_run_config, tmp_path: Path) 
     results = run_preflight(tiny_run_config(data), log=lines.append)
     assert [r.name for r in results] == CHEAP_CHECKS and all(r.ok for r in results), lines
     assert all(line.startswith("✓ ") for line in lines)
-    assert "trainable parameters" in results[3].detail and "4 train samples" in results[5].detail
+    assert "trainable parameters" in results[4].detail and "4 train samples" in results[6].detail
 
 
 def test_full_preflight_builds_the_model_and_runs_one_step_at_max_duration(tiny_run_config, tmp_path: Path) -> None:
@@ -35,8 +35,8 @@ def test_full_preflight_builds_the_model_and_runs_one_step_at_max_duration(tiny_
     cfg = tiny_run_config(data, data={"max_duration": 2.0}, per_device_train_batch_size=2)
     results = run_preflight(cfg, full=True, log=lambda _: None)
     assert [r.name for r in results] == [*CHEAP_CHECKS, "memory"] and all(r.ok for r in results), results
-    assert results[3].detail.startswith("built;") and "collated" in results[5].detail
-    assert "batch 2 x 2 s" in results[6].detail
+    assert results[4].detail.startswith("built;") and "collated" in results[6].detail
+    assert "batch 2 x 2 s" in results[7].detail
 
 
 def test_unwritable_output_dir_fails_with_the_key_and_fix(tiny_run_config, tmp_path: Path) -> None:

@@ -261,6 +261,25 @@ def test_stage_two_from_stage_one_trains_only_lora_and_keeps_the_projector(
     assert any("loaded projector, lora weights" in line for line in lines)
 
 
+def test_a_stage_from_a_checkpoint_without_its_run_record_says_the_card_loses_earlier_stages(
+    tiny_run_config, data: Path, tmp_path: Path
+) -> None:
+    run(tiny_run_config(data, output_dir=str(tmp_path / "stage1"), max_steps=2), log=quiet)
+    copied = tmp_path / "stage1" / "checkpoint-2"
+    (copied / checkpoints.TRAINING_STATE_FILE).unlink()  # only the model files were kept
+    stage2 = tiny_run_config(
+        data,
+        model={"projector_trainable": False, "lora": LoraConfig(enabled=True)},
+        output_dir=str(tmp_path / "stage2"),
+        max_steps=1,
+        resume_from_checkpoint=str(copied),
+    )
+    lines: list[str] = []
+    run(stage2, log=lines.append)
+    warning = [line for line in lines if line.startswith("warning: cannot read the run record")]
+    assert len(warning) == 1 and str(copied) in warning[0] and "this stage only" in warning[0], lines
+
+
 def test_non_finite_updates_are_skipped_counted_then_stop(
     tiny_run_config, data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

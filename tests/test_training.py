@@ -68,7 +68,15 @@ def test_moe_router_loss_is_added_and_logged(tiny_run_config, tmp_path: Path) ->
 def test_bf16_run_with_wer_evaluation_completes(tiny_run_config, tmp_path: Path) -> None:
     """The course's defaults (bf16 weights and autocast) with WER decoding, on the CPU."""
     data = write_audiofolder(tmp_path / "data", {"train": 8, "validation": 4})
-    cfg = tiny_run_config(data, model={"dtype": "bfloat16"}, bf16=True, max_steps=2, eval_steps=2, eval_wer_samples=2)
+    cfg = tiny_run_config(
+        data,
+        model={"dtype": "bfloat16"},
+        bf16=True,
+        cpu_precision="as_configured",  # bf16 even where this CPU would fall back to float32
+        max_steps=2,
+        eval_steps=2,
+        eval_wer_samples=2,
+    )
     lines: list[str] = []
     state = run(cfg, log=lines.append)
     assert state.step == 2

@@ -343,6 +343,9 @@ class TrainingConfig:
     logging_steps: int = 25
     seed: int = 42
     bf16: bool = True
+    # "auto": on a CPU without native bf16/fp16 kernels, load and train in float32 instead of model.dtype
+    # (torch emulates them there, ~100x slower); "as_configured": use model.dtype and bf16 as given.
+    cpu_precision: str = "auto"
     resume_from_checkpoint: str | None = None
     # Checkpoints and the final model go to `hub_model_id` whenever one is set (the course sets
     # only the id); push_to_hub=false keeps them local even then.
@@ -415,6 +418,13 @@ class TrainingConfig:
                 self.warmup_steps,
                 f"at most max_steps - decay steps ({self.max_steps} - {decay}) for warmup_stable_decay",
             )
+        precisions = ("auto", "as_configured")
+        _require(
+            self.cpu_precision in precisions,
+            f"{prefix}.cpu_precision",
+            self.cpu_precision,
+            f"one of {', '.join(precisions)}",
+        )
         _require(self.report_to in TRACKERS, f"{prefix}.report_to", self.report_to, f"one of {', '.join(TRACKERS)}")
         _require(
             self.gpu_hourly_usd is None or self.gpu_hourly_usd >= 0,

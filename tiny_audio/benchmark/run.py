@@ -19,6 +19,7 @@ from tiny_audio.benchmark.ceiling import matmul_ceiling
 from tiny_audio.benchmark.measure import measure, process_seconds, synthetic_samples
 from tiny_audio.benchmark.report import format_table
 from tiny_audio.config import Config
+from tiny_audio.training.precision import resolve_precision
 
 # The course's stage 1: 50,000 optimizer steps of 4 clips x 4 accumulation steps.
 COURSE_STAGE1_SAMPLES = 50_000 * 16
@@ -49,6 +50,7 @@ def run_benchmark(
     eval_samples = synthetic_samples(eval_clips, min_seconds, max_seconds, seed + 1)
     workers = cfg.data.num_workers if workers is None else workers
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = resolve_precision(cfg, device, log)
     runs = []
     for padding in paddings:
         run_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_padding=padding))

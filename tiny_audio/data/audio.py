@@ -13,8 +13,16 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from tiny_audio.data import skips
-from tiny_audio.data.skips import Unusable
+from tiny_audio.data.skips import (
+    EMPTY_AUDIO,
+    MISSING_AUDIO,
+    NON_FINITE_AUDIO,
+    SILENT_AUDIO,
+    TOO_LONG,
+    TOO_SHORT,
+    UNREADABLE_AUDIO,
+    Unusable,
+)
 
 # One step of 16-bit PCM: a clip whose every sample is below it holds no signal at all.
 SILENCE_PEAK = 1.0 / 32768
@@ -23,14 +31,14 @@ SILENCE_PEAK = 1.0 / 32768
 def read_audio(data: bytes | None, path: str | None) -> tuple[np.ndarray, int]:
     """Samples as float32 (frames, channels) and the file's sample rate. Bytes win over the path."""
     if data is None and path is None:
-        raise Unusable(skips.MISSING_AUDIO)
+        raise Unusable(MISSING_AUDIO)
     source = io.BytesIO(data) if data is not None else path
     try:
         samples, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.SoundFileError, OSError) as error:
         # libsndfile reports corrupt data and missing files alike as SoundFileError; OSError
         # covers paths that exist but cannot be opened (a directory, no permission).
-        raise Unusable(skips.UNREADABLE_AUDIO, str(error)) from error
+        raise Unusable(UNREADABLE_AUDIO, str(error)) from error
     return samples, int(rate)
 
 
@@ -48,11 +56,11 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
 def check_signal(samples: np.ndarray) -> None:
     """Raise Unusable for empty, NaN/Inf or all-silent audio."""
     if samples.size == 0:
-        raise Unusable(skips.EMPTY_AUDIO)
+        raise Unusable(EMPTY_AUDIO)
     if not np.isfinite(samples).all():
-        raise Unusable(skips.NON_FINITE_AUDIO)
+        raise Unusable(NON_FINITE_AUDIO)
     if float(np.abs(samples).max()) < SILENCE_PEAK:
-        raise Unusable(skips.SILENT_AUDIO)
+        raise Unusable(SILENT_AUDIO)
 
 
 def decode_audio(
@@ -72,7 +80,7 @@ def decode_audio(
     check_signal(samples)
     duration = samples.shape[0] / rate
     if duration < min_duration:
-        raise Unusable(skips.TOO_SHORT, f"{duration:.2f} s < {min_duration} s")
+        raise Unusable(TOO_SHORT, f"{duration:.2f} s < {min_duration} s")
     if duration > max_duration:
-        raise Unusable(skips.TOO_LONG, f"{duration:.2f} s > {max_duration} s")
+        raise Unusable(TOO_LONG, f"{duration:.2f} s > {max_duration} s")
     return resample(to_mono(samples), rate, sample_rate)

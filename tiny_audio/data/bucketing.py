@@ -37,6 +37,7 @@ class LengthBucketedStream(torch.utils.data.IterableDataset):
         batch_size: int,
         buffer_size: int,
         seed: int,
+        rank: int = 0,
         length: Callable[[dict[str, Any]], int] = audio_length,
     ) -> None:
         if batch_size < 1 or buffer_size < 1:
@@ -46,6 +47,7 @@ class LengthBucketedStream(torch.utils.data.IterableDataset):
         # Whole batches only: a batch must never straddle two blocks, or it would mix lengths.
         self.block_size = -(-buffer_size // batch_size) * batch_size
         self.seed = seed
+        self.rank = rank
         self.length = length
         self.block = 0  # blocks started so far in this worker
         self._block_start: Any = None  # source state before the current block was read
@@ -72,7 +74,8 @@ class LengthBucketedStream(torch.utils.data.IterableDataset):
         """Sort by length, cut into batches, shuffle the batches: a function of the block alone."""
         ranked = sorted(range(len(block)), key=lambda i: self.length(block[i]))  # stable: ties keep arrival order
         batches = [ranked[i : i + self.batch_size] for i in range(0, len(ranked), self.batch_size)]
-        random.Random(f"{self.seed}/{_worker_id()}/{block_number}").shuffle(batches)
+        # Per rank too: with one seed, every process would take its long batches at the same steps.
+        random.Random(f"{self.seed}/{self.rank}/{_worker_id()}/{block_number}").shuffle(batches)
         return [block[i] for batch in batches for i in batch]
 
     def state_dict(self) -> dict[str, Any]:
@@ -113,8 +116,8 @@ def _worker_id() -> int:
     return worker.id if worker is not None else 0
 
 
-def bucketed(source: Any, *, group_by_length: bool, batch_size: int, buffer_size: int, seed: int) -> Any:
+def bucketed(source: Any, *, group_by_length: bool, batch_size: int, buffer_size: int, seed: int, rank: int = 0) -> Any:
     """`source` reordered into duration buckets when asked, else unchanged."""
     if not group_by_length:
         return source
-    return LengthBucketedStream(source, batch_size=batch_size, buffer_size=buffer_size, seed=seed)
+    return LengthBucketedStream(source, batch_size=batch_size, buffer_size=buffer_size, seed=seed, rank=rank)

@@ -62,6 +62,7 @@ class SpeechCollator:
         batch: dict[str, Any] = {
             "input_features": features["input_features"],
             "encoder_lengths": encoder_lengths,
+            "mel_lengths": features["mel_lengths"],  # the encoder cache keys a clip by its own frames
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "audio_seconds": float(sum(len(a) for a in audio) / self.sample_rate),
@@ -75,14 +76,10 @@ class SpeechCollator:
     def _features(self, audio: list[np.ndarray]) -> dict[str, Tensor]:
         # Whisper's learned positions need every clip padded to 30 s; GLM-ASR's rotary encoder
         # does not, so its batches pad only to their longest clip.
-        extracted = self.feature_extractor(
-            audio,
-            sampling_rate=self.sample_rate,
-            return_tensors="pt",
-            return_attention_mask=True,
-            padding="max_length" if self.pad_to_max_length else "longest",
-        )
-        features = extracted["input_features"]
+        if self.pad_to_max_length:
+            features = self._extract(audio, "max_length")
+        else:
+            features = self._pad_frames([self._extract([a], "longest")[0] for a in audio])
         # From each clip's own length, not the extractor's mask: the mask rounds a padded clip's
         # last partial hop up and an unpadded one's down, so a clip's length would depend on its batch.
         hop = self.feature_extractor.hop_length
@@ -90,6 +87,24 @@ class SpeechCollator:
         if self.augment is not None:
             features = self.augment(features, mel_lengths)
         return {"input_features": features, "mel_lengths": mel_lengths}
+
+    def _extract(self, audio: list[np.ndarray], padding: str) -> Tensor:
+        extracted = self.feature_extractor(audio, sampling_rate=self.sample_rate, return_tensors="pt", padding=padding)
+        return extracted["input_features"]
+
+    @staticmethod
+    def _pad_frames(clips: list[Tensor]) -> Tensor:
+        """Each clip's own frames (n_mels, T_i), padded to the longest: (B, n_mels, T).
+
+        Extracted alone, a clip's last frame is the same in any batch (the STFT pads the longest
+        clip's end by reflection, the others' with zeros), so it encodes, and is cached, as one
+        clip. The padding is the log-mel of silence: the clip's floor, 8 log10 units (2 after
+        scaling) below its loudest bin, as the feature extractor clamps it.
+        """
+        width = max(clip.shape[-1] for clip in clips)
+        return torch.stack(
+            [torch.nn.functional.pad(c, (0, width - c.shape[-1]), value=float(c.max()) - 2.0) for c in clips]
+        )
 
     @staticmethod
     def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[Tensor, Tensor]:

@@ -26,10 +26,18 @@ class LoadedTestSet:
     samples: list[EvalSample]
     skipped: SkipLedger
     sample_rate: int
+    # Whether every record of the split was read (scored or skipped): only then is its size known,
+    # and a WER on fewer clips must not pass for the test set's.
+    read_to_end: bool = False
 
     @property
     def audio_seconds(self) -> float:
         return sum(len(s.audio) for s in self.samples) / self.sample_rate
+
+    @property
+    def split_size(self) -> int | None:
+        """Records in the split (scored and skipped), when it was read to its end."""
+        return len(self.samples) + sum(self.skipped.counts().values()) if self.read_to_end else None
 
 
 def eval_data_config(
@@ -56,8 +64,9 @@ def eval_data_config(
     return cfg
 
 
-def load_eval_samples(cfg: DataConfig, limit: int | None) -> tuple[list[EvalSample], SkipLedger]:
-    """The first `limit` usable samples of the eval splits (all when None), and the records skipped, by reason.
+def load_eval_samples(cfg: DataConfig, limit: int | None) -> tuple[list[EvalSample], SkipLedger, bool]:
+    """The first `limit` usable samples of the eval splits (all when None), the records skipped, by reason,
+    and whether the splits were read to their end.
 
     Records are read here rather than through the eval stream because results name each sample
     by its id, which the stream does not pass on.
@@ -66,14 +75,14 @@ def load_eval_samples(cfg: DataConfig, limit: int | None) -> tuple[list[EvalSamp
     skipped = SkipLedger()
     for record in eval_records(cfg):
         if len(samples) == limit:
-            break
+            return samples, skipped, False  # a record beyond the limit: the split holds more
         try:
             audio, text = prepare_sample(record, cfg)
         except Unusable as unusable:
             skipped.add(unusable.reason, record["sample_id"])
             continue
         samples.append(EvalSample(record["sample_id"], audio, text))
-    return samples, skipped
+    return samples, skipped, True
 
 
 def load_test_set(test_set: TestSet, sample_rate: int, limit: int | None) -> LoadedTestSet:
@@ -83,7 +92,7 @@ def load_test_set(test_set: TestSet, sample_rate: int, limit: int | None) -> Loa
         cfg = eval_data_config(
             test_set.path, test_set.config, test_set.split, test_set.audio_column, test_set.text_column, sample_rate
         )
-        samples, skipped = load_eval_samples(cfg, limit)
+        samples, skipped, read_to_end = load_eval_samples(cfg, limit)
     # OSError covers what `datasets` and the Hub client raise for missing, gated or unreachable
     # files (DatasetNotFoundError, HfHubHTTPError and ConnectionError all derive from it).
     except (ConfigError, DataSourceError, OSError) as error:
@@ -94,4 +103,4 @@ def load_test_set(test_set: TestSet, sample_rate: int, limit: int | None) -> Loa
         raise TestSetUnavailable(
             f"test set '{test_set.name}' ({test_set.source}) has no usable samples: {skipped.summary()}"
         )
-    return LoadedTestSet(test_set, samples, skipped, sample_rate)
+    return LoadedTestSet(test_set, samples, skipped, sample_rate, read_to_end)

@@ -10,7 +10,9 @@ results.json  (schema_version 1; rates are fractions, 0.25 = 25%)
   models          [{model, run, step, device}] in table order (checkpoints of a run by step;
                    step is null for anything that is not a checkpoint-N directory)
   test_sets       [{name, path, config, split, audio_column, text_column, num_samples,
-                   audio_seconds, skipped: {reason: count}}]
+                   audio_seconds, skipped: {reason: count},
+                   split_size: records in the split (scored + skipped) when it was read to its
+                   end, null when --num-samples stopped before it}]
   results         one per (model, test set), models outer:
                   {model, step, test_set, num_samples, reference_words,
                    wer, substitution_rate, insertion_rate, deletion_rate   (Whisper-normalised text)
@@ -96,6 +98,7 @@ def _test_set_json(loaded: LoadedTestSet) -> dict[str, Any]:
         "num_samples": len(loaded.samples),
         "audio_seconds": loaded.audio_seconds,
         "skipped": loaded.skipped.counts(),
+        "split_size": loaded.split_size,
     }
 
 

@@ -16,7 +16,7 @@ from tiny_audio.data.collator import collator_for
 from tiny_audio.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from tiny_audio.model.speech_llm import SpeechLLM
 
-GENERATION_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask")
+GENERATION_INPUTS = ("input_features", "encoder_lengths", "mel_lengths", "input_ids", "attention_mask")
 # skip_special_tokens keeps Qwen3's think tags (they are ordinary added tokens), so an empty
 # think block the model writes itself would otherwise be scored as words.
 _EMPTY_THINK = re.compile(r"<think>\s*</think>")

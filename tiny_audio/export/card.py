@@ -10,6 +10,9 @@ evaluation results file:
 
 `dataset` and `wer` (a fraction, 0.123 = 12.3 %) are required; the rest is optional. `name` is
 read as `config` too, and a single result object (such as `ta eval --output` writes) is accepted.
+`split_size` (clips in the split) and `subset` (true when fewer were scored) say whether the WER
+is the whole split's; `ta eval`'s results.json carries them (and the clips dropped, by reason).
+A subset's WER is tabled with "N of M clips" but kept out of the model-index unless asked for.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors.torch import load_file
 
 from tiny_audio.export.records import read_records
-from tiny_audio.model.build import read_model_config
+from tiny_audio.model.build import LORA_DIR, PROJECTOR_FILE, read_model_config
 
 DEFAULT_LICENSE = "other"
 REQUIREMENTS = "transformers peft accelerate soundfile soxr"
@@ -46,8 +50,15 @@ def read_eval_results(path: Path) -> list[dict[str, Any]]:
                 f"{path}: result {i} needs 'dataset' (a name or hub id) and 'wer' (a fraction, e.g. 0.123); "
                 f"got {sorted(entry) if isinstance(entry, dict) else type(entry).__name__}"
             )
-        results.append({**entry, "config": entry.get("config", entry.get("name"))})
+        results.append({**entry, "config": entry.get("config", entry.get("name")), "subset": _is_subset(entry)})
     return results
+
+
+def _is_subset(entry: dict[str, Any]) -> bool:
+    if isinstance(entry.get("subset"), bool):
+        return entry["subset"]
+    scored, size = entry.get("num_samples"), entry.get("split_size")
+    return isinstance(scored, int) and isinstance(size, int) and scored < size
 
 
 def _from_ta_eval(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
@@ -60,18 +71,25 @@ def _from_ta_eval(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         )
     sets = {t["name"]: t for t in raw["test_sets"]}
     keys = ("wer", "substitution_rate", "insertion_rate", "deletion_rate", "num_samples")
-    return {
-        "results": [
+    results = []
+    for r in raw["results"]:
+        test_set = sets[r["test_set"]]
+        size = test_set.get("split_size")
+        results.append(
             {
-                "dataset": str(sets[r["test_set"]]["path"]),
+                "dataset": str(test_set["path"]),
                 "title": r["test_set"],
-                "config": sets[r["test_set"]].get("config"),
-                "split": sets[r["test_set"]].get("split"),
+                "config": test_set.get("config"),
+                "split": test_set.get("split"),
                 **{k: r[k] for k in keys if k in r},
+                "split_size": size,
+                "skipped": test_set.get("skipped") or {},
+                # `ta eval` stops at --num-samples (100 by default): unless it read the split to its end,
+                # the clips scored are its first ones, and ESB sets put their longest clips first.
+                "subset": size is None or r.get("num_samples") != size,
             }
-            for r in raw["results"]
-        ]
-    }
+        )
+    return {"results": results}
 
 
 def _is_hub_id(reference: str) -> bool:
@@ -88,13 +106,17 @@ def build_card(
     model_id: str | None = None,
     eval_results: list[dict[str, Any]] | None = None,
     license: str = DEFAULT_LICENSE,
+    export_dir: Path | None = None,
+    index_subsets: bool = False,
 ) -> str:
+    """The card of `checkpoint`, describing the files of `export_dir` (the export it goes into) when given."""
     cfg = read_model_config(checkpoint)
     records = read_records(checkpoint)
     stages = records["stages"]
     trainer_state = records["trainer_state"]
     eval_results = eval_results or []
     name = model_id or checkpoint.name
+    indexed = [r for r in eval_results if index_subsets or not r.get("subset")]
     datasets = sorted(
         {d["path"] for s in stages for d in s["config"]["data"]["datasets"] if _is_hub_id(str(d["path"]))}
     )
@@ -106,27 +128,74 @@ def build_card(
         "base_model": [m for m in (cfg.audio_model_id, cfg.text_model_id) if _is_hub_id(m)],
         "datasets": datasets,
     }
-    if eval_results:
-        metadata["model-index"] = [{"name": name, "results": [_index_entry(r) for r in eval_results]}]
+    if indexed:
+        metadata["model-index"] = [{"name": name, "results": [_index_entry(r) for r in indexed]}]
     metadata = {k: v for k, v in metadata.items() if v not in ([], None)}
     parts = [f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n", f"# {name}\n"]
-    lora = "with a LoRA adapter on the LLM" if cfg.lora.enabled else "no LoRA"
+    files = _exported_files(checkpoint, export_dir)
     parts.append(
         "A speech recognizer built as a speech LLM with tiny-audio: a frozen audio encoder "
         f"(`{cfg.audio_model_id}`) feeds a trained `{cfg.projector_type}` projector (pool stride "
         f"{cfg.projector_pool_stride}, hidden {cfg.projector_hidden_dim}) whose outputs replace "
         "`<audio>` tokens in the "
-        f"prompt of a frozen LLM (`{cfg.text_model_id}`), {lora}. Weights in {cfg.dtype}.\n"
+        f"prompt of a frozen LLM (`{cfg.text_model_id}`), {files['lora']}. The encoder and LLM load in "
+        f"{cfg.dtype} ({files['frozen']}); the projector weights are stored in {files['projector_dtype']}.\n"
     )
     parts.append(_usage(name))
-    parts.append(_results_section(eval_results))
+    parts.append(_results_section(eval_results, index_subsets))
     parts.append(_training_section(checkpoint, stages, trainer_state, records["train_state"]))
     parts.append(_limitations(cfg))
     return "\n".join(parts)
 
 
+def _exported_files(checkpoint: Path, export_dir: Path | None) -> dict[str, str]:
+    """What the files say (LoRA kept, merged or absent; frozen weights included or referenced; stored dtype)."""
+    config = json.loads((export_dir / "config.json").read_text()) if export_dir is not None else None
+    if config is not None:
+        merged = config.get("exported_from", {}).get("lora_merged", False)
+        has_lora = config.get("lora") is not None
+        included = [m for m in ("audio_model", "text_model") if config.get(m) == m]
+        weights = export_dir / "model.safetensors"
+    else:  # a card for the checkpoint itself
+        merged, has_lora, included = False, (checkpoint / LORA_DIR).is_dir(), []
+        weights = checkpoint / PROJECTOR_FILE
+    lora = (
+        "with its LoRA adapter merged into the LLM's weights"
+        if merged
+        else ("with a LoRA adapter on the LLM" if has_lora else "no LoRA")
+    )
+    frozen = {
+        2: "both included in this repository",
+        1: f"`{included[0] if included else ''}/` included, the other referenced by id",
+        0: "referenced by id, not included",
+    }[len(included)]
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in load_file(str(weights)).values()})
+    return {"lora": lora, "frozen": frozen, "projector_dtype": ", ".join(dtypes)}
+
+
+def _clips(result: dict[str, Any]) -> str:
+    """Clips scored, of how many in the split, and the ones dropped (too long, silent, ...)."""
+    scored, size = result.get("num_samples"), result.get("split_size")
+    if scored is None:
+        return ""
+    if size is not None:
+        text = f"{scored} of {size} clips"
+    elif result.get("subset"):
+        text = f"first {scored} clips of the split (size unknown)"
+    else:
+        text = f"{scored} clips"
+    dropped = result.get("skipped") or {}
+    if dropped:
+        text += "; dropped: " + ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items()))
+    return text
+
+
 def _index_entry(result: dict[str, Any]) -> dict[str, Any]:
     dataset = {"name": result.get("title") or result["dataset"], "type": result["dataset"]}
+    if result.get("subset"):
+        # Asked for with index_subsets: the entry must not pass for the whole split's WER.
+        dataset["name"] += f" (subset: {_clips(result)})"
+        dataset["args"] = {"clips_scored": result.get("num_samples"), "split_size": result.get("split_size")}
     dataset.update({k: result[k] for k in ("config", "split") if result.get(k)})
     return {
         "task": {"type": "automatic-speech-recognition", "name": "Automatic Speech Recognition"},
@@ -154,7 +223,7 @@ print(asr("long.wav", chunk_length_s=30)["text"])                 # more than 30
 """
 
 
-def _results_section(results: list[dict[str, Any]]) -> str:
+def _results_section(results: list[dict[str, Any]], index_subsets: bool) -> str:
     lines = ["## Evaluation\n"]
     if not results:
         lines.append("No test-set evaluation was supplied to the export (`ta export --eval-results FILE`).\n")
@@ -166,11 +235,23 @@ def _results_section(results: list[dict[str, Any]]) -> str:
             for k in ("wer", "substitution_rate", "insertion_rate", "deletion_rate")
         ]
         lines.append(
-            f"| {r['dataset']} | {r.get('config') or ''} | {r.get('split') or ''} | {r.get('num_samples', '')} | "
+            f"| {r['dataset']} | {r.get('config') or ''} | {r.get('split') or ''} | {_clips(r)} | "
             + " | ".join(rates)
             + " |"
         )
     lines.append("\nWER on normalised text, greedy decoding.\n")
+    subsets = [r for r in results if r.get("subset")]
+    if subsets:
+        where = (
+            "marked as subsets in the model-index"
+            if index_subsets
+            else "left out of the model-index (`--index-subsets` lists them there, marked)"
+        )
+        lines.append(
+            f"{len(subsets)} of these scored only part of their split (`ta eval` scores the first "
+            "`--num-samples` clips, and some test sets put their longest clips first): their WER is not the "
+            f"test set's, and they are {where}.\n"
+        )
     return "\n".join(lines)
 
 
@@ -254,9 +335,17 @@ def write_model_card(
     model_id: str | None = None,
     eval_results: Path | None = None,
     license: str = DEFAULT_LICENSE,
+    index_subsets: bool = False,
 ) -> Path:
     results = read_eval_results(eval_results) if eval_results is not None else None
-    card = build_card(checkpoint, model_id=model_id, eval_results=results, license=license)
+    card = build_card(
+        checkpoint,
+        model_id=model_id,
+        eval_results=results,
+        license=license,
+        export_dir=directory,
+        index_subsets=index_subsets,
+    )
     path = directory / "README.md"
     path.write_text(card)
     return path

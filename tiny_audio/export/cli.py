@@ -28,6 +28,13 @@ EvalResultsOpt = Annotated[
     Path | None,
     typer.Option(help="WER results (JSON, see the README) to put in the model card's table and model-index."),
 ]
+IndexSubsetsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--index-subsets",
+        help="Also list results that scored only part of their split in the model-index (marked as subsets).",
+    ),
+]
 
 
 @app.command("export")
@@ -37,6 +44,7 @@ def export_command(
     merge_lora: MergeLoraOpt = False,
     include_frozen_weights: IncludeFrozenOpt = False,
     eval_results: EvalResultsOpt = None,
+    index_subsets: IndexSubsetsOpt = False,
 ) -> None:
     """A directory that loads with transformers: pipeline(..., trust_remote_code=True) and AutoModel."""
     from tiny_audio.export.export import ExportError, export_model
@@ -48,6 +56,7 @@ def export_command(
             merge_lora=merge_lora,
             include_frozen_weights=include_frozen_weights,
             eval_results=eval_results,
+            index_subsets=index_subsets,
         )
     except (ExportError, ValueError, OSError) as error:
         _fail(str(error))
@@ -70,6 +79,7 @@ def push_command(
     merge_lora: MergeLoraOpt = False,
     include_frozen_weights: IncludeFrozenOpt = False,
     eval_results: EvalResultsOpt = None,
+    index_subsets: IndexSubsetsOpt = False,
     license: Annotated[str, typer.Option(help="License in the model card's metadata.")] = "other",
 ) -> None:
     """Export CHECKPOINT with its model card and upload it (token: HF_TOKEN or `hf auth login`; resumable)."""
@@ -84,6 +94,7 @@ def push_command(
             merge_lora=merge_lora,
             include_frozen_weights=include_frozen_weights,
             eval_results=eval_results,
+            index_subsets=index_subsets,
             license=license,
         )
     except (PushError, ExportError, ValueError, OSError) as error:

@@ -91,6 +91,7 @@ def export_model(
     eval_results: Path | None = None,
     model_id: str | None = None,
     license: str | None = None,
+    index_subsets: bool = False,
 ) -> ExportResult:
     """Write the export of `checkpoint` to `out` (replacing an earlier export there) and return it."""
     require_checkpoint(checkpoint)
@@ -142,9 +143,11 @@ def export_model(
         write_model_card(
             staging,
             checkpoint,
-            model_id=model_id or str(out),
+            # The model's name, never a local path: the Hub id, else the folder's own name.
+            model_id=model_id or out.resolve().name,
             eval_results=eval_results,
             license=license or DEFAULT_LICENSE,
+            index_subsets=index_subsets,
         )
     _replace(staging, out)
     return ExportResult(out, notes)

@@ -65,8 +65,13 @@ def _rewrite(node: ast.Import | ast.ImportFrom, where: str) -> list[str] | None:
         bound = alias.asname or alias.name
         submodule = f"{node.module}.{alias.name}"
         if submodule in PORTABLE_MODULES:  # `from tiny_audio.data import skips`
-            out.append(f"from . import {PORTABLE_MODULES[submodule]} as {bound}")
-        elif node.module in PORTABLE_MODULES:
+            # transformers copies a remote-code file's siblings only when named as `from .sibling import`:
+            # `from . import sibling` would load only if another file happened to name it.
+            raise NotPortableError(
+                f"{where} imports the module {submodule} (`from {node.module} import {alias.name}`), which an "
+                f"exported model would not load; import the names it uses: `from {submodule} import ...`"
+            )
+        if node.module in PORTABLE_MODULES:
             alias_part = f" as {alias.asname}" if alias.asname else ""
             out.append(f"from .{PORTABLE_MODULES[node.module]} import {alias.name}{alias_part}")
         elif (node.module, alias.name) in STAND_INS and bound == alias.name:

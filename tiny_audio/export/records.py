@@ -127,9 +127,14 @@ def _earlier_stages(trainer: Trainer) -> list[dict[str, Any]]:
     value = trainer.cfg.training.resume_from_checkpoint
     if not value:
         return []
+    checkpoint = checkpoints.resolve_resume(value, trainer.output_dir)
     try:
-        state = checkpoints.load_training_state(checkpoints.resolve_resume(value, trainer.output_dir))
-    except (OSError, FileNotFoundError):
+        state = checkpoints.load_training_state(checkpoint)
+    except OSError as error:  # e.g. only the model files were copied: training goes on, the card says less
+        trainer.log(
+            f"warning: cannot read the run record in {checkpoint / checkpoints.TRAINING_STATE_FILE} "
+            f"({error.strerror or error}); the model card will list this stage only, not the ones before it"
+        )
         return []
     return copy.deepcopy(state.get("callbacks", {}).get(RunRecordCallback.__name__, {}).get("stages", []))
 

@@ -73,12 +73,15 @@ class AudioEncoder(nn.Module):
         # conv1 (k3, s1, p1) keeps the length; conv2 (k3, s2, p1) halves it, rounding up.
         return (mel_lengths - 1) // 2 + 1
 
-    def forward(self, input_features: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Hidden states (B, T, D); with a cache and each clip's encoder `lengths`, frames past a
-        clip's length are zeros (every projector ignores them) and clips seen before are not re-encoded."""
-        if self.cache is None or lengths is None:
+    def forward(
+        self, input_features: Tensor, lengths: Tensor | None = None, mel_lengths: Tensor | None = None
+    ) -> Tensor:
+        """Hidden states (B, T, D); with a cache and each clip's encoder `lengths` and `mel_lengths`
+        (the collator's), frames past a clip's length are zeros (every projector ignores them) and
+        clips seen before are not re-encoded."""
+        if self.cache is None or lengths is None or mel_lengths is None:
             return self.encode(input_features).clone()
-        return self.cache.encode(self.encode, input_features, lengths)
+        return self.cache.encode(self.encode, input_features, lengths, mel_lengths)
 
     def encode(self, input_features: Tensor) -> Tensor:
         """The frozen forward, in chunks of `max_batch` clips; returns an inference tensor."""
@@ -113,33 +116,39 @@ class EncoderCache:
         self.hits = 0
         self.misses = 0
 
-    def encode(self, encode: Callable[[Tensor], Tensor], features: Tensor, lengths: Tensor) -> Tensor:
-        # Two mel frames per encoder frame: the key covers every frame the clip's outputs came from.
-        mel_lengths = (lengths * 2).clamp(max=features.shape[-1]).tolist()
-        frames = features[..., : max(mel_lengths)].cpu()
-        keys = [self.key(row[:, :n]) for row, n in zip(frames, mel_lengths, strict=True)]
-        missing = [i for i, key in enumerate(keys) if key not in self.entries]
+    def encode(
+        self, encode: Callable[[Tensor], Tensor], features: Tensor, lengths: Tensor, mel_lengths: Tensor
+    ) -> Tensor:
+        # Keyed by the clip's own mel frames, as the collator counted them: an encoder length stands
+        # for two mel lengths (2L-1 or 2L), and the wrong one would key a clip by its batch's padding.
+        mels = mel_lengths.tolist()
+        frames = features[..., : max(mels)].cpu()
+        keys = [self.key(row[:, :n]) for row, n in zip(frames, mels, strict=True)]
+        # A clip twice in one batch is encoded, and charged to the budget, once.
+        first: dict[bytes, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self.entries:
+                first.setdefault(key, i)
+        missing = list(first.values())
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh = {}
         # Per clip: clips of one mel length share a call, each cut to its own frames.
+        groups: dict[int | None, list[int]] = {None: missing} if missing else {}
         if self.per_clip:
-            groups = _group_by(missing, [mel_lengths[i] for i in missing])
-        else:
-            groups = {None: missing} if missing else {}
+            groups = dict(_group_by(missing, [mels[i] for i in missing]))
+        fresh: dict[bytes, Tensor] = {}
         for frames_kept, indices in groups.items():
             encoded = encode(features[indices][..., :frames_kept])
             for row, i in enumerate(indices):
-                fresh[i] = encoded[row, : int(lengths[i])].clone()
-        width = int(lengths.max())
-        first = fresh[missing[0]] if missing else self.entries[keys[0]]
-        hidden = first.new_zeros(len(keys), width, first.shape[-1])
-        for i, key in enumerate(keys):
-            frames = fresh[i] if i in fresh else self.entries[key]
-            hidden[i, : frames.shape[0]] = frames
-            if i in fresh and self.bytes + frames.nbytes <= self.max_bytes:
-                self.entries[key] = frames
-                self.bytes += frames.nbytes
+                fresh[keys[i]] = encoded[row, : int(lengths[i])].clone()
+        for key, encoded_clip in fresh.items():
+            if self.bytes + encoded_clip.nbytes <= self.max_bytes:
+                self.entries[key] = encoded_clip
+                self.bytes += encoded_clip.nbytes
+        outputs = [fresh[key] if key in fresh else self.entries[key] for key in keys]
+        hidden = outputs[0].new_zeros(len(keys), int(lengths.max()), outputs[0].shape[-1])
+        for i, clip in enumerate(outputs):
+            hidden[i, : clip.shape[0]] = clip
         return hidden
 
     @staticmethod

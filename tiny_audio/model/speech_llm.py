@@ -19,7 +19,7 @@ from tiny_audio.prompts import PromptBuilder
 
 IGNORE_INDEX = -100
 # The batch keys SpeechLLM.forward takes; a collated batch carries more (texts, skips, audio seconds).
-MODEL_INPUTS = ("input_features", "encoder_lengths", "input_ids", "attention_mask", "labels")
+MODEL_INPUTS = ("input_features", "encoder_lengths", "mel_lengths", "input_ids", "attention_mask", "labels")
 
 
 def count_targets(labels: Tensor) -> int:
@@ -72,10 +72,10 @@ class SpeechLLM(nn.Module):
         return self.projector.output_lengths(encoder_lengths)
 
     def embed_inputs(
-        self, input_features: Tensor, encoder_lengths: Tensor, input_ids: Tensor
+        self, input_features: Tensor, encoder_lengths: Tensor, input_ids: Tensor, mel_lengths: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         """Prompt embeddings with each sample's `<audio>` positions replaced by its projected audio."""
-        hidden = self.encoder(input_features, encoder_lengths)  # B, T_enc, D_enc
+        hidden = self.encoder(input_features, encoder_lengths, mel_lengths)  # B, T_enc, D_enc
         # Frames past the longest clip (30 s padding) feed only outputs nobody reads: cut them,
         # keeping whole projector groups so the outputs that are read do not change.
         unit = self.projector.frame_unit
@@ -108,9 +108,10 @@ class SpeechLLM(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor,
         labels: Tensor,
+        mel_lengths: Tensor | None = None,
         **_: object,
     ) -> SpeechLLMOutput:
-        embeds, aux_loss = self.embed_inputs(input_features, encoder_lengths, input_ids)
+        embeds, aux_loss = self.embed_inputs(input_features, encoder_lengths, input_ids, mel_lengths)
         lm = self.causal_lm
         decoder = getattr(lm, lm.base_model_prefix)
         # No KV cache: nothing is generated here, and a recomputed (checkpointed) layer would
@@ -135,10 +136,11 @@ class SpeechLLM(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor,
         max_new_tokens: int = 128,
+        mel_lengths: Tensor | None = None,
         **generate_kwargs: object,
     ) -> Tensor:
         """Greedy decoding from left-padded prompts; returns only the new token ids."""
-        embeds, _ = self.embed_inputs(input_features, encoder_lengths, input_ids)
+        embeds, _ = self.embed_inputs(input_features, encoder_lengths, input_ids, mel_lengths)
         return self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,

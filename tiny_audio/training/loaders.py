@@ -30,6 +30,7 @@ def build_train_loader(
         batch_size=batch_size,
         buffer_size=cfg.data.bucket_buffer,
         seed=cfg.data.seed,
+        rank=rank,
     )
     return StatefulDataLoader(
         stream,

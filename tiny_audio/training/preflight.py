@@ -40,6 +40,7 @@ from tiny_audio.model.projectors import build_projector
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.hub import scrub_token
+from tiny_audio.training.precision import Precision, resolve_precision
 from tiny_audio.training.tracking import WANDB_DEFAULT_HOST, WANDB_LOCAL_MODES, require_tracker
 from tiny_audio.training.trainer import bf16_autocast
 
@@ -84,6 +85,7 @@ class Preflight:
         found: list[tuple[str, Callable[[], str]]] = [
             ("config", self.check_config),
             *([("remote data", self.check_remote_data)] if self._remote_datasets() else []),
+            ("precision", self.check_precision),
             ("tracker", self.check_tracker),
             ("hub", self.check_hub),
             ("models", self.check_models),
@@ -119,6 +121,14 @@ class Preflight:
             url, error = failure
             raise CheckFailed(f"{url} is unreachable ({remote.describe(error)}); check the URL and the data host")
         return f"{len(urls)} remote files reachable"
+
+    def check_precision(self) -> str:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        reasons: list[str] = []
+        # Later checks (the full model build, the memory probe) run at the precision training will use.
+        self.cfg = resolve_precision(self.cfg, device, log=reasons.append)
+        chosen = Precision(self.cfg.model.dtype, self.cfg.training.bf16).describe(device.type)
+        return "; ".join([chosen, *reasons])
 
     def check_tracker(self) -> str:
         report_to = self.cfg.training.report_to

@@ -33,6 +33,7 @@ from tiny_audio.training.disk import DiskFullError, disk_full_error, is_disk_ful
 from tiny_audio.training.loaders import build_train_loader, train_collator
 from tiny_audio.training.operations import operations_callbacks
 from tiny_audio.training.optim import apply_speed_settings
+from tiny_audio.training.precision import resolve_precision
 from tiny_audio.training.preflight import PreflightError, require_memory_fits, require_preflight
 from tiny_audio.training.terminal import TerminalProgress
 from tiny_audio.training.tracking import TrackerLoginError, require_tracker
@@ -61,6 +62,7 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
     accelerator = make_accelerator(cfg)
     if not accelerator.is_main_process:
         log = _quiet  # one voice on the console: the main process speaks for all ranks
+    cfg = resolve_precision(cfg, accelerator.device, log)
     # Checked before anything loads: a wrong path should cost seconds, not a model download.
     resume_from = (
         checkpoints.resolve_resume(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None

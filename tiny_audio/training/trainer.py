@@ -252,19 +252,23 @@ class Trainer:
         """One optimizer update over `gradient_accumulation_steps` micro-batches."""
         micro_batches = [next(batches) for _ in range(self.args.gradient_accumulation_steps)]
         samples = sum(len(batch["texts"]) for batch in micro_batches)
+        audio_seconds = sum(batch["audio_seconds"] for batch in micro_batches)
         for batch in micro_batches:
             self.skips.extend(batch["skipped"])
-            self.state.audio_seconds += batch["audio_seconds"]
-        self.state.samples_seen += samples
         # Cleared here rather than after the update, so callbacks can read this update's gradients.
         self.optimizer.zero_grad(set_to_none=True)
         lm_loss_sum, aux_loss, tokens = self.accumulate_gradients(micro_batches)
         aux_loss_sum = aux_loss if aux_loss is not None else 0.0
         grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.args.max_grad_norm))
-        # One collective: the window's loss over all ranks, and whether any rank saw a non-finite
+        # One collective: the window's loss and data over all ranks, and whether any rank saw a non-finite
         # value. Every rank then takes the same decision, so the replicas cannot drift apart.
         nonfinite = 0.0 if math.isfinite(lm_loss_sum + aux_loss_sum) and math.isfinite(grad_norm) else 1.0
-        lm_loss_sum, aux_loss_sum, nonfinite = self._sum_over_ranks([lm_loss_sum, aux_loss_sum, nonfinite])
+        lm_loss_sum, aux_loss_sum, nonfinite, all_samples, all_audio_seconds = self._sum_over_ranks(
+            [lm_loss_sum, aux_loss_sum, nonfinite, float(samples), audio_seconds]
+        )
+        # The run's totals, the same on every rank: what the logs, checkpoints and model card report.
+        self.state.samples_seen += int(all_samples)
+        self.state.audio_seconds += all_audio_seconds
         divisor = self.accelerator.num_processes * len(micro_batches)
         loss = WindowLoss(lm_loss_sum, tokens, aux_loss_sum / divisor if aux_loss is not None else None)
         if nonfinite:
