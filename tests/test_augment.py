@@ -31,6 +31,8 @@ from tiny_audio.data.stream import build_eval_stream, build_train_stream
 from tiny_audio.model.build import build_model
 from tiny_audio.model.speech_llm import IGNORE_INDEX
 from tiny_audio.training.loaders import AugmentingCollate
+from tiny_audio.training.metrics_file import read_metrics
+from tiny_audio.training.run import run
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -361,3 +363,35 @@ def test_training_stops_on_a_bad_directory_before_loading_a_model(tmp_path: Path
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: data.augment.noise.dir='{tmp_path / 'musan'}' is not a directory")
     assert "Traceback" not in result.stderr
+
+
+# --- in a training run ------------------------------------------------------------------------
+
+
+def test_evaluation_is_never_augmented_and_the_encoder_cache_still_works(tiny_run_config, tmp_path: Path) -> None:
+    """The same step-0 eval loss with every clip augmented as without; training with the cache on runs."""
+    data = write_audiofolder(tmp_path / "data", {"train": 8, "validation": 4})
+    loud = AugmentConfig()
+    loud.noise.prob, loud.noise.snr_db = 1.0, [0.0, 0.0]
+    loud.reverb.prob = 1.0
+    losses = {}
+    for name, augment in (("plain", AugmentConfig()), ("augmented", loud)):
+        cfg = tiny_run_config(
+            data,
+            model={"encoder_cache_gib": 0.01},
+            data={"augment": augment},
+            output_dir=str(tmp_path / name),
+            max_steps=2,
+            eval_on_start=True,
+            eval_steps=2,
+            logging_steps=1,
+        )
+        lines: list[str] = []
+        run(cfg, log=lines.append)
+        evals = [m for m in read_metrics(tmp_path / name) if m["event"] == "eval"]
+        losses[name] = [m["eval/loss"] for m in evals]
+        train = [m["train/loss"] for m in read_metrics(tmp_path / name) if "train/loss" in m]
+        losses[f"{name} train"] = train
+        assert any(line.startswith("Encoder cache:") for line in lines)
+    assert losses["plain"][0] == losses["augmented"][0]
+    assert losses["plain train"] != losses["augmented train"]  # the train batches were augmented
