@@ -55,14 +55,21 @@ class AudioAugmenter:
         key = [self.seed, *sample["augment_key"]]
         skipped: list[tuple[str, str]] = list(sample.get("skipped", ()))
         audio = clean[index]
-        silent = self._non_speech(audio.size, _rng(key, _NON_SPEECH), skipped)
-        if silent is not None:
-            return {**sample, "audio": silent, "text": "", "skipped": skipped}
-        audio = self._speed(audio, _rng(key, _SPEED))
-        audio = self._reverb(audio, _rng(key, _REVERB), skipped)
-        others = [clip for i, clip in enumerate(clean) if i != index]
-        audio = self._noise(audio, others, _rng(key, _NOISE), skipped)
-        audio = self._gain(audio, _rng(key, _GAIN))
+        cfg = self.cfg
+        # An effect that is off draws nothing, so its generator is not even made (it costs ~1 ms).
+        if cfg.non_speech.prob > 0:
+            silent = self._non_speech(audio.size, _rng(key, _NON_SPEECH), skipped)
+            if silent is not None:
+                return {**sample, "audio": silent, "text": "", "skipped": skipped}
+        if cfg.speed.prob > 0:
+            audio = self._speed(audio, _rng(key, _SPEED))
+        if cfg.reverb.prob > 0:
+            audio = self._reverb(audio, _rng(key, _REVERB), skipped)
+        if cfg.noise.prob > 0:
+            others = [clip for i, clip in enumerate(clean) if i != index]
+            audio = self._noise(audio, others, _rng(key, _NOISE), skipped)
+        if cfg.gain.prob > 0:
+            audio = self._gain(audio, _rng(key, _GAIN))
         return {**sample, "audio": audio, "skipped": skipped}
 
     def _non_speech(self, length: int, rng: np.random.Generator, skipped: list) -> np.ndarray | None:
@@ -77,7 +84,8 @@ class AudioAugmenter:
             if noise is not None:
                 return effects.set_level(effects.loop_to(noise, length, rng), float(rng.uniform(-45, -20)))
             kind = "low_noise"
-        return effects.non_speech(kind, length / self.sample_rate, self.sample_rate, rng)
+        fast = _fast_length(length)  # coloured noise is shaped by FFT: slow at a prime length
+        return effects.non_speech(kind, fast / self.sample_rate, self.sample_rate, rng)[:length]
 
     def _speed(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg.speed
@@ -123,7 +131,8 @@ class AudioAugmenter:
         if noise is None:
             # Coloured noise also stands in for babble in a batch of one and for an unreadable file.
             colours = cfg.colours or list(effects.NOISE_COLOURS)
-            noise = effects.coloured_noise(audio.size, colours[int(rng.integers(len(colours)))], rng)
+            colour = colours[int(rng.integers(len(colours)))]
+            noise = effects.coloured_noise(_fast_length(audio.size), colour, rng)[: audio.size]
         return effects.mix_at_snr(audio, noise, snr, rng)
 
     def _gain(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -142,6 +151,11 @@ class AudioAugmenter:
 
 def _rng(key: list[int], effect: int) -> np.random.Generator:
     return np.random.default_rng([*key, effect])
+
+
+def _fast_length(length: int) -> int:
+    """The next power of two: numpy's FFT takes ~50x longer at a length with a large prime factor."""
+    return 1 << max(length - 1, 0).bit_length()
 
 
 def _choose(rng: np.random.Generator, names: tuple[str, ...], weights: dict[str, float]) -> str:
