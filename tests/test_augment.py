@@ -27,7 +27,7 @@ from tiny_audio.data import effects, skips
 from tiny_audio.data.audio_augment import AudioAugmenter, augment_key, train_audio_augmenter
 from tiny_audio.data.collator import collator_for
 from tiny_audio.data.effect_files import EffectFilesError, require_effect_dirs
-from tiny_audio.data.stream import build_eval_stream, build_train_stream
+from tiny_audio.data.stream import build_train_stream
 from tiny_audio.model.build import build_model
 from tiny_audio.model.speech_llm import IGNORE_INDEX
 from tiny_audio.training.loaders import AugmentingCollate
@@ -281,15 +281,6 @@ def data_config(path: Path, **augment: dict[str, Any]) -> DataConfig:
 @pytest.fixture(scope="module")
 def eight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_audiofolder(tmp_path_factory.mktemp("eight"), {"train": 8, "validation": 4}, seconds=0.6)
-
-
-def test_train_items_carry_a_key_per_pass_and_eval_items_none(eight: Path) -> None:
-    cfg = data_config(eight)
-    train = iter(build_train_stream(cfg))
-    keys = [next(train)["augment_key"] for _ in range(16)]
-    assert [key[1] for key in keys] == [0] * 8 + [1] * 8
-    assert sorted(k[2] for k in keys[:8]) == sorted(k[2] for k in keys[8:])  # the same records, next pass
-    assert all("augment_key" not in item for item in build_eval_stream(cfg))
 
 
 def test_non_speech_is_injected_after_the_text_filters(eight: Path) -> None:
