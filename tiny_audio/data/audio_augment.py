@@ -26,6 +26,7 @@ from tiny_audio.data.effect_files import EffectFiles
 _NON_SPEECH, _SPEED, _REVERB, _NOISE, _GAIN = range(5)
 NOISE_SOURCES = ("coloured", "babble", "files")
 RIR_SOURCES = ("generated", "files")
+COLOURED_TAKE_SECONDS = 60
 
 
 def augment_key(source: int, pass_number: int, sample_id: str) -> list[int]:
@@ -44,6 +45,7 @@ class AudioAugmenter:
         self.max_samples = int(max_duration * sample_rate)
         self.noise_files = EffectFiles(cfg.noise.dir, sample_rate) if cfg.noise.dir else None
         self.rir_files = EffectFiles(cfg.reverb.dir, sample_rate) if cfg.reverb.dir else None
+        self._coloured_takes: dict[str, np.ndarray] = {}
 
     def __call__(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         clean = [np.asarray(sample["audio"], dtype=np.float32) for sample in samples]
@@ -132,8 +134,19 @@ class AudioAugmenter:
             # Coloured noise also stands in for babble in a batch of one and for an unreadable file.
             colours = cfg.colours or list(effects.NOISE_COLOURS)
             colour = colours[int(rng.integers(len(colours)))]
-            noise = effects.coloured_noise(_fast_length(audio.size), colour, rng)[: audio.size]
+            noise = effects.loop_to(self._coloured(colour), audio.size, rng)
         return effects.mix_at_snr(audio, noise, snr, rng)
+
+    def _coloured(self, colour: str) -> np.ndarray:
+        """A minute of one colour of noise, made once per process from the seed; clips take windows of it.
+
+        Shaping fresh noise for every clip costs an FFT of the clip's length (more than the rest of
+        its augmentation); a random window of a long seeded take sounds the same and costs a copy.
+        """
+        if colour not in self._coloured_takes:
+            rng = np.random.default_rng([self.seed, effects.NOISE_COLOURS.index(colour), _NOISE])
+            self._coloured_takes[colour] = effects.coloured_noise(COLOURED_TAKE_SECONDS * self.sample_rate, colour, rng)
+        return self._coloured_takes[colour]
 
     def _gain(self, audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg.gain
