@@ -91,6 +91,20 @@ def test_course_style_overrides_switch_effects_on() -> None:
     assert isinstance(train_audio_augmenter(cfg.data), AudioAugmenter)
 
 
+def test_the_course_passes_augmentation_to_every_stage(tmp_path: Path) -> None:
+    """`ta course --set data.augment.noise.prob=0.5 ...` reaches each stage's config."""
+    from tiny_audio.miniature.course import CourseSettings, stage_overrides
+    from tiny_audio.miniature.standins import Miniature
+
+    miniature = Miniature(tmp_path, tmp_path / "speech", tmp_path / "qwen3", tmp_path / "glm-asr")
+    extra = ("data.augment.noise.prob=0.5", "data.augment.non_speech.prob=0.05")
+    settings = CourseSettings(extra_overrides=extra)
+    for stage in settings.stages:
+        cfg = load_config(stage_overrides(miniature, settings, stage, tmp_path / "out"))
+        assert (cfg.data.augment.noise.prob, cfg.data.augment.non_speech.prob) == (0.5, 0.05)
+        assert cfg.model.encoder_cache_gib == 1  # the course's cache stays on with augmentation
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
