@@ -58,7 +58,7 @@ class AudioAugmenter:
         skipped: list[tuple[str, str]] = list(sample.get("skipped", ()))
         audio = clean[index]
         cfg = self.cfg
-        # An effect that is off draws nothing, so its generator is not even made (it costs ~1 ms).
+        # An effect that is off draws nothing: turning it on leaves the other effects' draws as they were.
         if cfg.non_speech.prob > 0:
             silent = self._non_speech(audio.size, _rng(key, _NON_SPEECH), skipped)
             if silent is not None:
