@@ -59,6 +59,10 @@ def test_stages_declare_what_trains() -> None:
         (["training.max_steps=ten"], "training.max_steps='ten' is not allowed: expected integer"),
         (["+experiments=nope"], "no config 'experiments/nope' in configs/: choose one of"),
         (["training.save_total_limit=0"], "training.save_total_limit=0 is not allowed: a positive integer"),
+        (
+            ["data.augment.noise.snr_db=[20,5]"],
+            "data.augment.noise.snr_db=[20.0, 5.0] is not allowed: [low, high] with -30 <= low <= high <= 60",
+        ),
     ],
 )
 def test_config_errors_name_key_value_and_fix(overrides: list[str], message: str) -> None:

@@ -297,3 +297,15 @@ def test_a_mix_shares_max_train_samples_by_weight(tmp_path: Path) -> None:
     stream = iter(build_train_stream(cfg))
     texts = {next(stream)["text"] for _ in range(200)}
     assert texts == {sentence(i, "first ") for i in range(8)} | {sentence(i, "second ") for i in range(2)}
+
+
+def test_train_items_carry_an_augmentation_key_per_pass_and_eval_items_none(twelve: Path) -> None:
+    """(dataset, pass, hashed record id): what seeds a record's audio augmentation in that pass."""
+    cfg = data_config(twelve, shuffle_buffer=4)
+    train = iter(build_train_stream(cfg))
+    keys = [next(train)["augment_key"] for _ in range(24)]
+    assert [key[:2] for key in keys] == [[0, 0]] * 12 + [[0, 1]] * 12
+    assert sorted(k[2] for k in keys[:12]) == sorted(k[2] for k in keys[12:])  # the same records, reshuffled
+    assert [k[2] for k in keys[:12]] != [k[2] for k in keys[12:]]
+    assert len({k[2] for k in keys}) == 12
+    assert all("augment_key" not in item for item in build_eval_stream(cfg))

@@ -100,13 +100,27 @@ def test_validation_sentences_are_held_out_and_distinct_and_the_new_voice_is_uns
     assert {clip.voice for clip in new_voice} == {synth.HELD_OUT_VOICE}
     held_out_accent = synth.HELD_OUT_VOICE.split("+")[0]
     assert held_out_accent not in {voice.split("+")[0] for voice in synth.TRAIN_VOICES}
-    assert len({clip.voice.split("+")[0] for clip in train}) >= 6
-    assert len({clip.voice for clip in train}) >= 20
-    assert len({clip.rate for clip in train}) > 30 and len({clip.pitch for clip in train}) > 30
+    assert len({clip.voice.split("+")[0] for clip in train}) >= 15
+    assert len({clip.voice for clip in train}) >= 200
+    foreign = sum(clip.voice.split("+")[0] in synth.FOREIGN_ACCENTS for clip in train)
+    assert 0.08 * len(train) < foreign < 0.25 * len(train)  # a share, not most of the set
+    assert len({clip.rate for clip in train}) > 60 and len({clip.pitch for clip in train}) > 40
+    assert all(120 <= clip.rate <= 215 for clip in train + validation)
     assert len({clip.text for clip in train}) > 390
     # Deterministic per seed; a longer plan extends a shorter one.
     assert synth.plan("train", 400, seed=0) == train and synth.plan("train", 10, seed=0) == train[:10]
     assert synth.plan("train", 400, seed=1) != train
+
+
+def test_training_voices_avoid_those_reserved_for_test_sets_and_all_exist() -> None:
+    accents = {voice.split("+")[0] for voice in synth.TRAIN_VOICES}
+    variants = {"+" + voice.split("+")[1] for voice in synth.TRAIN_VOICES if "+" in voice}
+    assert not accents & set(synth.RESERVED_ACCENTS)
+    assert not variants & set(synth.RESERVED_VARIANTS)
+    assert synth.HELD_OUT_VOICE in synth.RESERVED_ACCENTS
+    with Espeak() as engine:
+        assert all(engine.has_voice(accent + variant) for accent in accents for variant in synth.VARIANTS[:2])
+        assert all(engine.has_voice("en" + variant) for variant in synth.VARIANTS)
 
 
 def test_is_held_out_is_a_stable_eighth_of_the_sentences() -> None:

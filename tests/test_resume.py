@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.data_helpers import write_audiofolder
 from tests.training_helpers import StopAt
-from tiny_audio.config import Config, LoraConfig
+from tiny_audio.config import AugmentConfig, Config, LoraConfig
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training import run as run_module
@@ -404,3 +404,30 @@ def test_checkpoint_files_are_flushed_to_disk_before_the_rename(
     for name in ("projector.safetensors", "lora/adapter_model.safetensors", "training_state.pt", "trainer_state.json"):
         assert f"{staging}/{name}" in synced, name
     assert staging in synced and str(out) in synced  # the directory entries too
+
+
+def test_resume_with_audio_augmentation_matches_an_uninterrupted_run(tiny_run_config, tmp_path: Path) -> None:
+    """Every effect on, 2 loader workers, a pass reshuffled: augmentation is drawn from (seed, record,
+    pass) alone, so the resumed run augments the clips after the checkpoint exactly as the reference."""
+    data = write_audiofolder(tmp_path / "data", {"train": 12, "validation": 2})
+    augment = AugmentConfig()
+    for block in (augment.noise, augment.reverb, augment.speed, augment.gain):
+        block.prob = 0.5
+    augment.non_speech.prob = 0.2
+    settings = {
+        "data": {"num_workers": 2, "shuffle_buffer": 4, "augment": augment},
+        "max_steps": 10,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+    }
+    run(tiny_run_config(data, output_dir=str(tmp_path / "reference"), **settings), log=quiet)
+    interrupted = tiny_run_config(data, output_dir=str(tmp_path / "resumed"), **settings)
+    run(interrupted, callbacks=[StopAt(7)], log=quiet)
+    assert checkpoints.latest_checkpoint(tmp_path / "resumed") == tmp_path / "resumed" / "checkpoint-7"
+    interrupted.training.resume_from_checkpoint = "latest"
+    assert run(interrupted, log=quiet).step == 10
+
+    final = projector_weights(tmp_path / "resumed" / "checkpoint-10")
+    expected = projector_weights(tmp_path / "reference" / "checkpoint-10")
+    for key in expected:
+        assert torch.equal(final[key], expected[key]), key

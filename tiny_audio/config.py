@@ -246,6 +246,188 @@ class SpecAugmentConfig:
             _require(value >= 0, f"{prefix}.{name}", value, ">= 0")
 
 
+# Must match tiny_audio/data/effects.py (NOISE_COLOURS, NON_SPEECH); a test checks they do.
+NOISE_COLOURS = ("white", "pink", "brown")
+NON_SPEECH_KINDS = ("silence", "low_noise", "hum", "tone", "clicks", "tone_sequence")
+NOISE_FILE_KIND = "noise_file"  # a non-speech kind drawn from data.augment.noise.dir
+
+
+def _require_range(value: list[float], key: str, low: float, high: float, example: str) -> None:
+    """A [low, high] pair inside [low, high] bounds, e.g. `data.augment.noise.snr_db=[0, 20]`."""
+    ok = len(value) == 2 and low <= value[0] <= value[1] <= high
+    _require(ok, key, list(value), f"[low, high] with {low} <= low <= high <= {high}, e.g. {example}")
+
+
+def _require_probability(value: float, key: str) -> None:
+    _require(0 <= value <= 1, key, value, "a probability in [0, 1], e.g. 0.5 (0 = off)")
+
+
+def _require_weights(weights: dict[str, float], prefix: str) -> None:
+    for name, weight in weights.items():
+        _require(weight >= 0, f"{prefix}.{name}", weight, ">= 0 (a relative weight)")
+    _require(sum(weights.values()) > 0, prefix, weights, "at least one weight > 0")
+
+
+@dataclass
+class NoiseSourcesConfig:
+    """Relative weights of where a noisy clip's noise comes from."""
+
+    coloured: float = 1.0  # generated white/pink/brown noise (`colours`)
+    babble: float = 1.0  # other talkers: the other clips of the same batch, summed
+    files: float = 0.0  # a clip from `dir` (needs it set)
+
+
+@dataclass
+class NoiseAugmentConfig:
+    """Additive noise at an SNR drawn uniformly from `snr_db`."""
+
+    prob: float = 0.0
+    snr_db: list[float] = field(default_factory=lambda: [0.0, 20.0])
+    colours: list[str] = field(default_factory=lambda: list(NOISE_COLOURS))
+    babble_talkers: list[int] = field(default_factory=lambda: [1, 3])
+    # A directory of noise recordings (MUSAN-like; wav/flac/ogg at any rate, searched recursively).
+    dir: str | None = None
+    sources: NoiseSourcesConfig = field(default_factory=NoiseSourcesConfig)
+
+    def validate(self, prefix: str) -> None:
+        _require_probability(self.prob, f"{prefix}.prob")
+        _require_range(self.snr_db, f"{prefix}.snr_db", -30, 60, "[0, 20]")
+        _require_range(self.babble_talkers, f"{prefix}.babble_talkers", 1, 16, "[1, 3]")
+        for colour in self.colours:
+            _require(
+                colour in NOISE_COLOURS,
+                f"{prefix}.colours",
+                list(self.colours),
+                f"a subset of {', '.join(NOISE_COLOURS)}",
+            )
+        _require_weights(vars(self.sources), f"{prefix}.sources")
+        _require(
+            self.sources.coloured == 0 or bool(self.colours),
+            f"{prefix}.colours",
+            list(self.colours),
+            f"at least one colour while {prefix}.sources.coloured > 0",
+        )
+        _require(
+            self.sources.files == 0 or bool(self.dir),
+            f"{prefix}.sources.files",
+            self.sources.files,
+            f"0 unless {prefix}.dir names a directory of noise recordings",
+        )
+
+
+@dataclass
+class ReverbSourcesConfig:
+    generated: float = 1.0  # a decaying-noise room (effects.room_impulse_response)
+    files: float = 0.0  # an impulse response from `dir` (needs it set)
+
+
+@dataclass
+class ReverbAugmentConfig:
+    """Convolution with a room impulse response: generated (rt60, room size drawn) or from files."""
+
+    prob: float = 0.0
+    rt60: list[float] = field(default_factory=lambda: [0.2, 1.0])  # seconds for the tail to fall 60 dB
+    room_size: list[float] = field(default_factory=lambda: [3.0, 12.0])  # metres
+    dir: str | None = None  # a directory of impulse responses (OpenSLR-28-like)
+    sources: ReverbSourcesConfig = field(default_factory=ReverbSourcesConfig)
+
+    def validate(self, prefix: str) -> None:
+        _require_probability(self.prob, f"{prefix}.prob")
+        _require_range(self.rt60, f"{prefix}.rt60", 0.05, 5.0, "[0.2, 1.0]")
+        _require_range(self.room_size, f"{prefix}.room_size", 1.0, 100.0, "[3, 12]")
+        _require_weights(vars(self.sources), f"{prefix}.sources")
+        _require(
+            self.sources.files == 0 or bool(self.dir),
+            f"{prefix}.sources.files",
+            self.sources.files,
+            f"0 unless {prefix}.dir names a directory of impulse responses",
+        )
+        _require(
+            not self.dir or self.sources.files > 0,
+            f"{prefix}.dir",
+            self.dir,
+            f"used only with {prefix}.sources.files > 0 (e.g. 1.0); set it, or unset dir",
+        )
+
+
+@dataclass
+class SpeedAugmentConfig:
+    """Speed perturbation (tempo and pitch together, by resampling), as Kaldi and NeMo do it."""
+
+    prob: float = 0.0
+    factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])
+
+    def validate(self, prefix: str) -> None:
+        _require_probability(self.prob, f"{prefix}.prob")
+        ok = bool(self.factors) and all(0.5 <= f <= 2.0 for f in self.factors)
+        _require(
+            ok, f"{prefix}.factors", list(self.factors), "a non-empty list of factors in [0.5, 2], e.g. [0.9, 1.0, 1.1]"
+        )
+
+
+@dataclass
+class GainAugmentConfig:
+    prob: float = 0.0
+    db: list[float] = field(default_factory=lambda: [-6.0, 6.0])
+
+    def validate(self, prefix: str) -> None:
+        _require_probability(self.prob, f"{prefix}.prob")
+        _require_range(self.db, f"{prefix}.db", -60, 40, "[-6, 6]")
+
+
+@dataclass
+class NonSpeechAugmentConfig:
+    """A share of train samples replaced by audio without speech, whose target is an empty transcript."""
+
+    prob: float = 0.0
+    kinds: list[str] = field(default_factory=lambda: list(NON_SPEECH_KINDS))
+
+    def validate(self, prefix: str, noise_dir: str | None) -> None:
+        _require_probability(self.prob, f"{prefix}.prob")
+        allowed = (*NON_SPEECH_KINDS, NOISE_FILE_KIND)
+        ok = bool(self.kinds) and all(kind in allowed for kind in self.kinds)
+        _require(ok, f"{prefix}.kinds", list(self.kinds), f"a non-empty subset of {', '.join(allowed)}")
+        _require(
+            NOISE_FILE_KIND not in self.kinds or bool(noise_dir),
+            f"{prefix}.kinds",
+            list(self.kinds),
+            f"'{NOISE_FILE_KIND}' only with data.augment.noise.dir set",
+        )
+
+
+@dataclass
+class AugmentConfig:
+    """Training-audio augmentation (never evaluation); each effect applies with its own `prob`.
+
+    Per clip, in this order: non-speech replaces the clip (and nothing else applies), else speed,
+    reverberation, noise, gain. See tiny_audio/data/audio_augment.py.
+    """
+
+    noise: NoiseAugmentConfig = field(default_factory=NoiseAugmentConfig)
+    reverb: ReverbAugmentConfig = field(default_factory=ReverbAugmentConfig)
+    speed: SpeedAugmentConfig = field(default_factory=SpeedAugmentConfig)
+    gain: GainAugmentConfig = field(default_factory=GainAugmentConfig)
+    non_speech: NonSpeechAugmentConfig = field(default_factory=NonSpeechAugmentConfig)
+
+    @property
+    def enabled(self) -> bool:
+        return any(block.prob > 0 for block in (self.noise, self.reverb, self.speed, self.gain, self.non_speech))
+
+    def validate(self, prefix: str) -> None:
+        self.noise.validate(f"{prefix}.noise")
+        self.reverb.validate(f"{prefix}.reverb")
+        self.speed.validate(f"{prefix}.speed")
+        self.gain.validate(f"{prefix}.gain")
+        self.non_speech.validate(f"{prefix}.non_speech", self.noise.dir)
+        _require(
+            not self.noise.dir or self.noise.sources.files > 0 or NOISE_FILE_KIND in self.non_speech.kinds,
+            f"{prefix}.noise.dir",
+            self.noise.dir,
+            f"used only with {prefix}.noise.sources.files > 0 (e.g. 1.0) or '{NOISE_FILE_KIND}' in "
+            f"{prefix}.non_speech.kinds; set one, or unset dir",
+        )
+
+
 @dataclass
 class DataConfig:
     datasets: list[DatasetConfig] = field(default_factory=list)
@@ -272,6 +454,7 @@ class DataConfig:
     bucket_buffer: int = 256  # samples per worker held decoded in memory while sorting
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, prefix: str = "data") -> None:
         _require(bool(self.datasets), f"{prefix}.datasets", list(self.datasets), "at least one dataset entry")
@@ -299,6 +482,7 @@ class DataConfig:
         _require(self.bucket_buffer >= 1, f"{prefix}.bucket_buffer", self.bucket_buffer, ">= 1, e.g. 256")
         self.spec_augment.validate(f"{prefix}.spec_augment")
         self.remote.validate(f"{prefix}.remote")
+        self.augment.validate(f"{prefix}.augment")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             _require(value is None or value >= 1, f"{prefix}.{name}", value, "null or >= 1")

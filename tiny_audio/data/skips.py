@@ -18,6 +18,8 @@ EMPTY_TEXT = "empty_text"  # null, or nothing left after normalisation
 BAD_TEXT_TYPE = "bad_text_type"  # the transcript cell is not a string
 TOO_FEW_WORDS = "too_few_words"  # fewer than data.min_words words
 JUNK_MARKER = "junk_marker"  # contains one of data.junk_markers
+# A noise or impulse-response file under data.augment.*.dir that does not decode; the clip is kept.
+UNREADABLE_EFFECT_FILE = "unreadable_effect_file"
 
 REASONS = (
     UNREADABLE_AUDIO,
@@ -32,6 +34,7 @@ REASONS = (
     BAD_TEXT_TYPE,
     TOO_FEW_WORDS,
     JUNK_MARKER,
+    UNREADABLE_EFFECT_FILE,
 )
 
 

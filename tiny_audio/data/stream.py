@@ -3,6 +3,8 @@
 Each item is {"audio": float32 mono at cfg.sample_rate, "text": normalised transcript,
 "skipped": [(reason, sample_id), ...]} where `skipped` lists the records this worker dropped
 since its previous item, so the main process can count them (see SkipLedger) without losing any.
+Train items also carry "augment_key" (dataset index, pass, hashed record id), which seeds the
+record's audio augmentation in that pass.
 
 Resuming (state_dict / load_state_dict, driven by torchdata's StatefulDataLoader, which also
 keeps which worker serves the next batch) restores each worker's exact position: its place in
@@ -21,6 +23,7 @@ import torch
 from datasets import IterableDataset as RecordStream
 
 from tiny_audio.config import DataConfig
+from tiny_audio.data.audio_augment import augment_key
 from tiny_audio.data.cursor import SourceCursor
 from tiny_audio.data.guard import BadFractionGuard, DataQualityError
 from tiny_audio.data.samples import prepare_sample
@@ -122,6 +125,9 @@ class SpeechStream(torch.utils.data.IterableDataset):
             self.guard.observe(record["dataset"])
             self._usable[source] += 1
             item = {"audio": audio, "text": text, "skipped": skipped}
+            if self.endless:
+                # Seeds this record's augmentation in this pass (see audio_augment.py): no state to save.
+                item["augment_key"] = augment_key(source, cursor.passes, record["sample_id"])
             skipped = []
             if self.endless:
                 yield item  # skips after the last sample of a pass ride on the next pass's first

@@ -2,7 +2,7 @@
 
 Splits, each an audiofolder (OUT/<split>/metadata.csv with file_name,text beside 16 kHz mono
 16-bit WAV files):
-  train                 training sentences, spoken by TRAIN_VOICES
+  train                 training sentences, spoken by TRAIN_VOICES (English accents, some foreign ones)
   validation            held-out sentences (`is_held_out`), spoken by TRAIN_VOICES
   validation_new_voice  the same held-out sentences, spoken by HELD_OUT_VOICE (an accent train never has)
 Because both validation splits speak the same sentences, the gap between their error rates is the
@@ -42,6 +42,8 @@ from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sent
 
 __all__ = [
     "HELD_OUT_VOICE",
+    "RESERVED_ACCENTS",
+    "RESERVED_VARIANTS",
     "SPLITS",
     "TRAIN_VOICES",
     "Clip",
@@ -54,16 +56,28 @@ __all__ = [
     "training_sentence",
 ]
 
-# Accents are espeak-ng voice names; "+variant" changes the timbre (m = male, f = female).
+# Accents are espeak-ng voice names; "+variant" changes the timbre (m = male, f = female, named
+# voices, klatt = another synthesis model). Every English accent but the held-out one is used.
 TRAIN_ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
-VARIANTS = ("", "+m3", "+f2", "+f4")
-TRAIN_VOICES = tuple(accent + variant for accent in TRAIN_ACCENTS for variant in VARIANTS)
+# Other languages' voices reading English text: foreign accents, for variety beyond English ones.
+FOREIGN_ACCENTS = ("de", "nl", "sv", "da", "af", "cs", "el", "fi", "hu", "ro", "id", "sw")
+FOREIGN_SHARE = 0.15  # of train and validation clips
+VARIANTS = (
+    *("", "+m1", "+m2", "+m3", "+m4", "+m5", "+m6", "+f1", "+f2", "+f3", "+f4", "+klatt", "+klatt2", "+klatt3"),
+    *("+Alex", "+Andy", "+Annie", "+adam", "+aunty", "+boris", "+david", "+ed", "+grandma", "+grandpa"),
+    *("+iven", "+john", "+max", "+paul", "+rob", "+robert", "+travis", "+victor", "+zac"),
+)
+TRAIN_VOICES = tuple(accent + variant for accent in TRAIN_ACCENTS + FOREIGN_ACCENTS for variant in VARIANTS)
 HELD_OUT_VOICE = "en-gb-scotland"  # Scottish English: an accent no training voice has
-RATES = (135, 190)  # words per minute; espeak's default is 175
-PITCHES = (30, 70)  # 0-99; espeak's default is 50
+# Kept out of training for robustness test sets (unseen accents, timbres and languages).
+RESERVED_ACCENTS = ("en-gb-scotland", "fr", "fr-be", "es", "es-419", "it", "hi", "pl", "pt", "pt-br", "ru", "tr", "vi")
+RESERVED_VARIANTS = ("+m7", "+m8", "+f5", "+klatt4", "+klatt5", "+croak", "+edward", "+linda", "+steph")
+RESERVED_VARIANTS += ("+norbert", "+Michael", "+anika", "+whisperf")
+RATES = (120, 215)  # words per minute; espeak's default is 175. Faster and slower: test sets only
+PITCHES = (20, 80)  # 0-99; espeak's default is 50
 SPLITS = ("train", "validation", "validation_new_voice")
 
-VERSION = 2  # bump when the same arguments would write different audio or text
+VERSION = 3  # bump when the same arguments would write different audio or text
 MARKER = "synth-complete.json"  # the dash keeps it from being read as a split by data/local.py
 LANE_SIZE = 32  # clips rendered in sequence on one espeak-ng instance
 
@@ -93,13 +107,19 @@ def plan(split: str, count: int, seed: int) -> list[Clip]:
             Clip(
                 file_name=f"{split}_{index:05d}.wav",
                 text=text,
-                voice=HELD_OUT_VOICE if split == "validation_new_voice" else rng.choice(TRAIN_VOICES),
+                voice=HELD_OUT_VOICE if split == "validation_new_voice" else _train_voice(rng),
                 rate=rng.randint(*RATES),
                 pitch=rng.randint(*PITCHES),
                 noise_seed=rng.randrange(1 << 31),
             )
         )
     return clips
+
+
+def _train_voice(rng: random.Random) -> str:
+    """An English accent, or now and then a foreign one, in any timbre."""
+    accents = FOREIGN_ACCENTS if rng.random() < FOREIGN_SHARE else TRAIN_ACCENTS
+    return rng.choice(accents) + rng.choice(VARIANTS)
 
 
 def synthesize(

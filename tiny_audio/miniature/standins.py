@@ -23,6 +23,7 @@ import torch
 from transformers import AutoTokenizer
 
 from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sentence
+from tiny_audio.data.synth import VERSION as SPEECH_VERSION
 from tiny_audio.data.synth import synthesize
 from tiny_audio.miniature.cache import build_atomically
 from tiny_audio.miniature.encoder import (
@@ -49,7 +50,8 @@ class MiniatureSpec:
     encoder: EncoderRecipe = field(default_factory=EncoderRecipe)
 
     def stamp(self) -> str:
-        return json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True)
+        # The speech's version too: new speech must not sit beside models pretrained on the old.
+        return json.dumps({"version": VERSION, "speech": SPEECH_VERSION, **asdict(self)}, sort_keys=True)
 
     def key(self) -> str:
         return hashlib.sha256(self.stamp().encode()).hexdigest()[:10]

@@ -1,4 +1,4 @@
-"""The train loader: stream (bucketed if asked) -> augmenting collator -> stateful batches.
+"""The train loader: stream (bucketed if asked) -> audio augmentation -> augmenting collator -> stateful batches.
 
 Evaluation builds its own loader from the plain collator: augmentation never reaches it.
 """
@@ -11,6 +11,7 @@ from typing import Any
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tiny_audio.config import Config
+from tiny_audio.data.audio_augment import AudioAugmenter, train_audio_augmenter
 from tiny_audio.data.augment import train_augmentation
 from tiny_audio.data.bucketing import bucketed
 from tiny_audio.data.collator import collator_for
@@ -42,5 +43,18 @@ def build_train_loader(
 
 
 def train_collator(cfg: Config, model: SpeechLLM, collator_for: Callable[..., Any] = collator_for) -> Any:
-    """The collator for training batches: the model's, plus SpecAugment when enabled."""
-    return collator_for(model, cfg.data.sample_rate, augment=train_augmentation(cfg.data))
+    """The collator for training batches: the model's, plus audio augmentation and SpecAugment when enabled."""
+    collate = collator_for(model, cfg.data.sample_rate, augment=train_augmentation(cfg.data))
+    augmenter = train_audio_augmenter(cfg.data)
+    return collate if augmenter is None else AugmentingCollate(augmenter, collate)
+
+
+class AugmentingCollate:
+    """Augment a batch's audio, then collate it. A class rather than a closure so workers can pickle it."""
+
+    def __init__(self, augmenter: AudioAugmenter, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.augmenter = augmenter
+        self.collate = collate
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.collate(self.augmenter(list(samples)))

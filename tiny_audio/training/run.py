@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from tiny_audio.config import Config
 from tiny_audio.data.collator import collator_for
+from tiny_audio.data.effect_files import require_effect_dirs
 from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.remote import RemoteDataError, RemoteReadError
 from tiny_audio.data.sources import DataSourceError
@@ -68,6 +69,7 @@ def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> Trai
         checkpoints.resolve_resume(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
     )
     require_tracker(args.report_to)
+    require_effect_dirs(cfg.data.augment)
     if args.preflight and accelerator.is_main_process:
         # Once per machine: the checks write probe files and may create the Hub repo.
         require_preflight(cfg, log=log)
