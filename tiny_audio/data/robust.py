@@ -143,13 +143,14 @@ def _conditions() -> dict[str, Condition]:
         found.append(Condition(f"reverb_{room}", CLEAN_VOICES, effect=partial(_reverb, rt60=rt60, size=size)))
     found.append(Condition("quiet", CLEAN_VOICES, effect=_quiet))
     found.append(Condition("telephone", CLEAN_VOICES, effect=_telephone))
-    found.append(Condition("non_speech", ()))
+    found.append(Condition(NON_SPEECH_CONDITION, ()))
     return {condition.name: condition for condition in found}
 
 
 CONDITIONS = _conditions()
+NON_SPEECH_CONDITION = "non_speech"
 # A handful that covers each kind of shift, for scoring often (the course scores every stage on it).
-COMPACT = ("clean", "new_accent", "noise_pink_10db", "babble_10db", "reverb_medium", "non_speech")
+COMPACT = ("clean", "new_accent", "noise_pink_10db", "babble_10db", "reverb_medium", NON_SPEECH_CONDITION)
 
 
 def plan(condition: str, count: int, seed: int) -> list[Clip]:
