@@ -77,6 +77,7 @@ BABBLE_VOICES = ("en-us+f2", "en+m3", "en-gb-x-rp", "en-029+f4", "en-us-nyc", "e
 BABBLE_TALKERS = 4  # voices summed under each babble clip
 NON_SPEECH_SECONDS = (1.0, 4.0)
 QUIET_DBFS = -35.0
+NON_SPEECH_CONDITION = "non_speech"  # its references are empty
 
 SpeechEffect = Callable[[np.ndarray, np.random.Generator, int, list[np.ndarray]], np.ndarray]
 
@@ -148,7 +149,6 @@ def _conditions() -> dict[str, Condition]:
 
 
 CONDITIONS = _conditions()
-NON_SPEECH_CONDITION = "non_speech"
 # A handful that covers each kind of shift, for scoring often (the course scores every stage on it).
 COMPACT = ("clean", "new_accent", "noise_pink_10db", "babble_10db", "reverb_medium", NON_SPEECH_CONDITION)
 

@@ -45,6 +45,7 @@ def transcribe_files(
     from tiny_audio.data.skips import Unusable
     from tiny_audio.evaluation.transcribe import transcribe
 
+    _check_model_name(model)
     # Every file is read before the model loads, so a batch of bad paths fails in a second.
     defaults = DataConfig()  # every supported encoder takes its 16 kHz
     clips: dict[Path, np.ndarray] = {}
@@ -128,8 +129,7 @@ def evaluate(
     except (UnknownTestSet, TestSetUnavailable) as error:
         _fail(str(error))
     for model in models:  # a mistyped checkpoint fails now, not after the models before it have run
-        if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
-            _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
+        _check_model_name(model)
 
     from tiny_audio.evaluation.compare import compare, order_models
     from tiny_audio.evaluation.report import (
@@ -163,6 +163,12 @@ def evaluate(
     if worst:
         typer.echo("\n".join(worst_markdown(document["worst"])))
     typer.echo("written: " + ", ".join(map(str, written)))
+
+
+def _check_model_name(model: str) -> None:
+    """A model that is neither a directory nor shaped like a Hub id fails before anything loads."""
+    if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
+        _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
 
 
 def _load(model: str) -> SpeechLLM:
