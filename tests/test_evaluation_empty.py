@@ -89,7 +89,7 @@ def test_loops_of_any_unit_are_caught(prediction: str) -> None:
 @pytest.mark.parametrize(
     "prediction",
     [
-        "The bookkeeper's committee agreed that it cost 1000000 dollars.",  # letters and digits that repeat
+        "The bookkeeper's committee agreed that it cost 1000000000 dollars.",  # letters and digits that repeat
         "Hahaha, no no no, thank you.",  # three repeats are speech, not a loop
         "We visited the boats last night, and Emma moved the kitchen.",
         "I see you, I see you, I see you.",
