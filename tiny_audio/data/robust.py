@@ -94,26 +94,44 @@ class Condition:
         return bool(self.voices)
 
 
-def _noise(speech, rng, sample_rate, talkers, *, colour: str, snr_db: float) -> np.ndarray:
+def _noise(
+    speech: np.ndarray,
+    rng: np.random.Generator,
+    sample_rate: int,
+    talkers: list[np.ndarray],
+    *,
+    colour: str,
+    snr_db: float,
+) -> np.ndarray:
     return effects.mix_at_snr(speech, effects.coloured_noise(speech.size, colour, rng), snr_db, rng)
 
 
-def _babble(speech, rng, sample_rate, talkers, *, snr_db: float) -> np.ndarray:
+def _babble(
+    speech: np.ndarray, rng: np.random.Generator, sample_rate: int, talkers: list[np.ndarray], *, snr_db: float
+) -> np.ndarray:
     chosen = rng.choice(len(talkers), size=min(BABBLE_TALKERS, len(talkers)), replace=False)
     crowd = effects.babble([talkers[i] for i in chosen], speech.size, rng)
     return effects.mix_at_snr(speech, crowd, snr_db, rng)
 
 
-def _reverb(speech, rng, sample_rate, talkers, *, rt60: tuple[float, float], size: tuple[float, float]):
+def _reverb(
+    speech: np.ndarray,
+    rng: np.random.Generator,
+    sample_rate: int,
+    talkers: list[np.ndarray],
+    *,
+    rt60: tuple[float, float],
+    size: tuple[float, float],
+) -> np.ndarray:
     rir = effects.room_impulse_response(float(rng.uniform(*rt60)), float(rng.uniform(*size)), sample_rate, rng)
     return effects.reverberate(speech, rir)
 
 
-def _quiet(speech, rng, sample_rate, talkers) -> np.ndarray:
+def _quiet(speech: np.ndarray, rng: np.random.Generator, sample_rate: int, talkers: list[np.ndarray]) -> np.ndarray:
     return effects.set_level(speech, QUIET_DBFS)
 
 
-def _telephone(speech, rng, sample_rate, talkers) -> np.ndarray:
+def _telephone(speech: np.ndarray, rng: np.random.Generator, sample_rate: int, talkers: list[np.ndarray]) -> np.ndarray:
     return effects.telephone(speech, sample_rate)
 
 
