@@ -17,8 +17,18 @@ from typer.testing import CliRunner
 
 from tiny_audio.cli import app
 from tiny_audio.config import ModelConfig
+from tiny_audio.data.robust import COMPACT, CONDITIONS, NON_SPEECH_CONDITION
 from tiny_audio.evaluation.transcribe import transcribe
-from tiny_audio.miniature.course import CourseSettings, Stage, read_split, run_course, write_outputs
+from tiny_audio.evaluation.wer import score
+from tiny_audio.miniature.course import (
+    CourseSettings,
+    Stage,
+    read_split,
+    robust_scores,
+    run_course,
+    summary_table,
+    write_outputs,
+)
 from tiny_audio.miniature.encoder import EncoderRecipe
 from tiny_audio.miniature.llm import LlmRecipe
 from tiny_audio.miniature.standins import Miniature, MiniatureSpec, build_miniature
@@ -42,7 +52,7 @@ REDUCED_STAGE_ONE_WER_BOUND = 0.6
 
 @pytest.fixture(scope="session")
 def small_miniature(tmp_path_factory: pytest.TempPathFactory) -> Miniature:
-    return build_miniature(SMALL, tmp_path_factory.mktemp("miniature-cache"), log=lambda _: None)
+    return build_miniature(SMALL, tmp_path_factory.mktemp("miniature-cache"), log=lambda _: None, robust_clips=6)
 
 
 def test_the_stand_ins_load_through_the_hub_id_code_path(small_miniature: Miniature) -> None:
@@ -88,10 +98,25 @@ def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_minia
     assert result.held_out_wer["validation"] <= REDUCED_STAGE_ONE_WER_BOUND, result
     assert evaluations[-1]["eval/wer"] <= evaluations[0]["eval/wer"] - 0.25, evaluations
     assert result.held_out_wer["validation_new_voice"] <= 1.0
+    # The last stage is scored on every robustness condition; non-speech as a hallucination rate.
+    speech_conditions = [name for name in CONDITIONS if name != NON_SPEECH_CONDITION]
+    assert list(result.robust_wer) == speech_conditions
+    audios, texts = read_split(small_miniature.robust / "babble_5db")
+    model = load_pretrained(result.checkpoint, device="cpu")
+    assert result.robust_wer["babble_5db"] == score(texts, transcribe(model, audios, 16000, batch_size=32)).wer
+    audios, texts = read_split(small_miniature.robust / NON_SPEECH_CONDITION)
+    assert texts == [""] * 6
+    hallucinated = score(texts, transcribe(model, audios, 16000, batch_size=32)).hallucination_rate
+    assert result.hallucination_rate == hallucinated
+    table = summary_table(results)
+    assert f"| babble_5db WER | {result.robust_wer['babble_5db']:.1%} |" in table
+    assert f"| non_speech: clips with any output | {hallucinated:.1%} |" in table
     plot, summary = write_outputs(results, small_miniature, out, seconds=1.0)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     recorded = json.loads(summary.read_text())
     assert recorded["stages"][0]["held_out_wer"] == result.held_out_wer
+    assert recorded["stages"][0]["robust_wer"] == result.robust_wer
+    assert recorded["stages"][0]["hallucination_rate"] == result.hallucination_rate
     assert (
         recorded["pretraining"]["encoder"]["validation_cer"] == small_miniature.reports()["encoder"]["validation_cer"]
     )
@@ -110,6 +135,14 @@ def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_minia
     assert any("already trained" in line for line in lines) and not any(line.startswith("Step ") for line in lines)
     assert again[0].held_out_wer == result.held_out_wer
 
+    # With a stage after it, stage 1 is scored on the compact conditions only, the last on all of them.
+    longer = dataclasses.replace(settings, stages=(*settings.stages, Stage("stage 2", "mlp_lora", 2, 1e-4, 0)))
+    both = run_course(small_miniature, longer, out, log=lambda _: None)
+    assert list(both[0].robust_wer) == [name for name in COMPACT if name != NON_SPEECH_CONDITION]
+    assert both[0].robust_wer == {name: result.robust_wer[name] for name in both[0].robust_wer}
+    assert list(both[1].robust_wer) == speech_conditions and both[1].hallucination_rate is not None
+    assert robust_scores(model, small_miniature.robust, ("quiet",)) == {"quiet": result.robust_wer["quiet"]}
+
     replot = CliRunner().invoke(app, ["plot", result.output_dir, "--out", str(tmp_path / "again.png")])
     assert replot.exit_code == 0, replot.output
     assert (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -124,8 +157,8 @@ def test_the_same_seed_builds_bit_identical_models(tmp_path: Path) -> None:
         llm=LlmRecipe(steps=3, batch_size=4),
         encoder=EncoderRecipe(steps=3, batch_size=4),
     )
-    first = build_miniature(spec, tmp_path / "a", log=lambda _: None)
-    second = build_miniature(spec, tmp_path / "b", log=lambda _: None)
+    first = build_miniature(spec, tmp_path / "a", log=lambda _: None, robust_clips=2)
+    second = build_miniature(spec, tmp_path / "b", log=lambda _: None, robust_clips=2)
     for name in ("llm", "encoder"):
         files = sorted(p.relative_to(getattr(first, name)) for p in getattr(first, name).rglob("*.safetensors"))
         assert files
@@ -134,8 +167,15 @@ def test_the_same_seed_builds_bit_identical_models(tmp_path: Path) -> None:
     assert (first.speech / "train" / "metadata.csv").read_text() == (
         second.speech / "train" / "metadata.csv"
     ).read_text()
-    other = build_miniature(dataclasses.replace(spec, seed=1), tmp_path / "a", log=lambda _: None)
+    for wav in ("clean/clean_00001.wav", "babble_0db/babble_0db_00001.wav", "non_speech/non_speech_00001.wav"):
+        assert (first.robust / wav).read_bytes() == (second.robust / wav).read_bytes()
+    other = build_miniature(dataclasses.replace(spec, seed=1), tmp_path / "a", log=lambda _: None, robust_clips=2)
     assert (other.llm / "model.safetensors").read_bytes() != (first.llm / "model.safetensors").read_bytes()
+    # The robustness sets sit beside the speech, keyed by the same seed.
+    assert other.robust.parent == other.speech.parent != first.robust.parent
+    assert (other.robust / "clean" / "metadata.csv").read_text() != (
+        first.robust / "clean" / "metadata.csv"
+    ).read_text()
 
 
 def test_plot_of_a_directory_without_a_run_says_so(tmp_path: Path) -> None:

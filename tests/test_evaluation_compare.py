@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from tests.data_helpers import sentence, write_audiofolder, write_corrupt_audiofolder
 from tests.training_helpers import short_run_config
+from tiny_audio.data import skips
 from tiny_audio.data.skips import SkipLedger
 from tiny_audio.evaluation.cli import app
 from tiny_audio.evaluation.compare import Result, model_ref, order_models
@@ -37,6 +38,10 @@ ROW_KEYS = {
     "test_set",
     "num_samples",
     "reference_words",
+    "speech_samples",
+    "non_speech_samples",
+    "hallucination_rate",
+    "hallucinated_words_per_clip",
     "wer",
     "substitution_rate",
     "insertion_rate",
@@ -298,8 +303,12 @@ def test_undecodable_samples_are_skipped_and_counted(two_checkpoints: TwoCheckpo
     model = str(two_checkpoints.run_dir / "checkpoint-4")
     result = invoke(model, "-d", str(tmp_path / "corrupt"), "--split", "validation", "-n", "0", "--out", str(out))
     assert result.exit_code == 0, result.output
-    (test_set,) = json.loads((out / "results.json").read_text())["test_sets"]
-    assert test_set["num_samples"] == 5
+    document = json.loads((out / "results.json").read_text())
+    (test_set,) = document["test_sets"]
+    # Untranscribed clips are scored, not skipped: their reference is empty, so any output is a hallucination.
+    untranscribed = expected.pop(skips.EMPTY_TEXT)
+    assert test_set["num_samples"] == 5 + untranscribed
+    assert document["results"][0]["non_speech_samples"] == untranscribed
     assert test_set["skipped"] == dict(sorted(expected.items(), key=lambda item: (-item[1], item[0])))
     assert f"skipped {sum(expected.values())} samples" in result.output
     assert "## Skipped samples" in (out / "results.md").read_text()

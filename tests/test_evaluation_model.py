@@ -175,7 +175,8 @@ def test_ta_eval_writes_per_sample_results(short_run: ShortRun, tmp_path: Path) 
 
 def test_cli_errors_name_the_problem(short_run: ShortRun, tmp_path: Path) -> None:
     runner = CliRunner()
-    not_a_model = runner.invoke(app, ["transcribe", str(short_run.data), str(tmp_path / "x.wav")])
+    clip = short_run.data / "validation" / "clip_0000.wav"  # readable: files are read before the model loads
+    not_a_model = runner.invoke(app, ["transcribe", str(short_run.data), str(clip)])
     assert not_a_model.exit_code == 1
     assert "cannot load model" in not_a_model.output and "checkpoint directory" in not_a_model.output
     missing = runner.invoke(app, ["transcribe", str(short_run.checkpoint), str(tmp_path / "missing.wav")])

@@ -53,13 +53,13 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def check_signal(samples: np.ndarray) -> None:
-    """Raise Unusable for empty, NaN/Inf or all-silent audio."""
+def check_signal(samples: np.ndarray, allow_silence: bool = False) -> None:
+    """Raise Unusable for empty, NaN/Inf or (unless allowed) all-silent audio."""
     if samples.size == 0:
         raise Unusable(EMPTY_AUDIO)
     if not np.isfinite(samples).all():
         raise Unusable(NON_FINITE_AUDIO)
-    if float(np.abs(samples).max()) < SILENCE_PEAK:
+    if not allow_silence and float(np.abs(samples).max()) < SILENCE_PEAK:
         raise Unusable(SILENT_AUDIO)
 
 
@@ -70,14 +70,17 @@ def decode_audio(
     sample_rate: int,
     min_duration: float = 0.0,
     max_duration: float = float("inf"),
+    allow_silence: bool = False,
 ) -> np.ndarray:
     """Mono float32 at `sample_rate`, or Unusable naming why the clip cannot be used.
+
+    Training has no use for a silent clip; a benchmark or a transcription keeps it (`allow_silence`).
 
     The duration limits are checked on the source before resampling, so a clip that is too long
     costs a read but no resampling.
     """
     samples, rate = read_audio(data, None if path is None else str(path))
-    check_signal(samples)
+    check_signal(samples, allow_silence)
     duration = samples.shape[0] / rate
     if duration < min_duration:
         raise Unusable(TOO_SHORT, f"{duration:.2f} s < {min_duration} s")

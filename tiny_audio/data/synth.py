@@ -27,11 +27,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -192,10 +194,10 @@ def _marker(*, train: int, validation: int, new_voice: int, seed: int, sample_ra
     return {"version": VERSION, PACKAGE: _package_version(), "arguments": arguments, "counts": counts}
 
 
-def _read_marker(out_dir: Path) -> dict | None:
+def _read_marker(out_dir: Path, name: str = MARKER) -> dict | None:
     """The marker of a complete dataset (without its informational keys), or None."""
     try:
-        found = json.loads((out_dir / MARKER).read_text())
+        found = json.loads((out_dir / name).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(found, dict):
@@ -211,14 +213,14 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """Refuse to overwrite a directory that this module did not write."""
-    if out_dir.exists() and not (out_dir / MARKER).is_file():
+def _check_replaceable(out_dir: Path, marker: str = MARKER, command: str = "ta data synth") -> None:
+    """Refuse to overwrite a directory that `command` did not write (it has no `marker`)."""
+    if out_dir.exists() and not (out_dir / marker).is_file():
         if not out_dir.is_dir():
             raise SynthError(f"{out_dir} exists and is not a directory; choose another output path")
         if any(out_dir.iterdir()):
             raise SynthError(
-                f"{out_dir} already holds files that `ta data synth` did not write (no {MARKER}); "
+                f"{out_dir} already holds files that `{command}` did not write (no {marker}); "
                 "remove it or choose another output directory"
             )
 
@@ -275,13 +277,15 @@ def _write_metadata(folder: Path, clips: list[Clip]) -> None:
     _guarded(folder / "metadata.csv", write)
 
 
-def _render_all(lanes: list[tuple[Path, list[Clip], int]], workers: int | None) -> None:
+def _render_all(lanes: list, workers: int | None, render: Callable[[Any], None] | None = None) -> None:
+    """Run `render` (default: write a lane of Clips) on every lane, in `workers` processes."""
+    render = render or _render_lane
     # The CPUs this process may use (a container often has fewer than the machine).
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(workers or available, len(lanes)))
     if workers == 1:
         for lane in lanes:
-            _render_lane(lane)
+            render(lane)
         return
     # espeak-ng holds global state, so parallelism needs processes. Linux forks them (instant, as
     # torch's DataLoader does); elsewhere they are spawned, which re-imports the caller's main module.
@@ -290,7 +294,7 @@ def _render_all(lanes: list[tuple[Path, list[Clip], int]], workers: int | None) 
         max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
     )
     try:
-        for _ in pool.map(_render_lane, lanes):
+        for _ in pool.map(render, lanes):
             pass
     finally:
         # On Ctrl+C or an error: drop queued lanes, let running ones finish, then the caller deletes
@@ -316,10 +320,16 @@ def _render_lane(lane: tuple[Path, list[Clip], int]) -> None:
     folder, clips, sample_rate = lane
     with Espeak() as engine:
         for clip in clips:
-            samples = engine.speak(
-                clip.text, voice=clip.voice, rate=clip.rate, pitch=clip.pitch, noise_seed=clip.noise_seed
-            )
-            audio = resample(samples.astype(np.float32) / 32768, engine.sample_rate, sample_rate)
-            pcm = np.round(np.clip(audio, -1.0, 32767 / 32768) * 32768).astype(np.int16)
-            path = folder / clip.file_name
-            _guarded(path, lambda path=path, pcm=pcm: sf.write(path, pcm, sample_rate, subtype="PCM_16"))
+            write_wav(folder / clip.file_name, speak_clip(engine, clip, sample_rate), sample_rate)
+
+
+def speak_clip(engine: Espeak, clip: Clip, sample_rate: int) -> np.ndarray:
+    """The clip's speech as float32 in [-1, 1) at `sample_rate`."""
+    samples = engine.speak(clip.text, voice=clip.voice, rate=clip.rate, pitch=clip.pitch, noise_seed=clip.noise_seed)
+    return resample(samples.astype(np.float32) / 32768, engine.sample_rate, sample_rate)
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM; full scale is clipped to the largest positive sample, as int16 requires."""
+    pcm = np.round(np.clip(audio, -1.0, 32767 / 32768) * 32768).astype(np.int16)
+    _guarded(path, lambda: sf.write(path, pcm, sample_rate, subtype="PCM_16"))

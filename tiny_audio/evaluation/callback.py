@@ -103,6 +103,8 @@ class WerCallback(Callback):
         # The same clips every time, so the log shows one transcript improving over the run.
         for i, (reference, prediction) in enumerate(zip(references[: self.examples], predictions, strict=False)):
             trainer.log(f"Example {i + 1} | reference: {_clip(reference)} | prediction: {_clip(prediction)}")
+        if not report.speech:  # every reference normalised to nothing ("Uh.", "[noise]"): no WER to follow
+            return
         message = self.cliff.update(trainer.state.step, report.wer)
         if message:
             trainer.log(message)

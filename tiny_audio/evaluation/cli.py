@@ -33,23 +33,49 @@ def transcribe_files(
     max_new_tokens: MaxNewTokensOpt = DEFAULT_MAX_NEW_TOKENS,
     batch_size: BatchSizeOpt = DEFAULT_BATCH_SIZE,
 ) -> None:
-    """Print one line per file: its path, a tab, and its transcript (greedy decoding)."""
+    """Print one line per file: its path, a tab, and its transcript (greedy decoding).
+
+    Digital silence gets an empty transcript. A file that cannot be read is named on stderr and the
+    others are still transcribed; the exit status is then 1.
+    """
+    import numpy as np
+
     from tiny_audio.config import DataConfig
-    from tiny_audio.data.audio import decode_audio
+    from tiny_audio.data.audio import SILENCE_PEAK, decode_audio
     from tiny_audio.data.skips import Unusable
     from tiny_audio.evaluation.transcribe import transcribe
 
-    speech_llm = _load(model)
-    sample_rate = _sample_rate(speech_llm)
-    clips = []
+    _check_model_name(model)
+    # Every file is read before the model loads, so a batch of bad paths fails in a second.
+    defaults = DataConfig()  # every supported encoder takes its 16 kHz
+    clips: dict[Path, np.ndarray] = {}
+    failed = 0
     for path in audio:
         try:
-            clips.append(decode_audio(None, path, sample_rate=sample_rate, max_duration=DataConfig().max_duration))
+            clips[path] = decode_audio(
+                None, path, sample_rate=defaults.sample_rate, max_duration=defaults.max_duration, allow_silence=True
+            )
         except Unusable as unusable:
-            _fail(f"cannot transcribe {path}: {unusable}")
-    texts = transcribe(speech_llm, clips, sample_rate, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    for path, text in zip(audio, texts, strict=True):
+            typer.echo(f"error: cannot transcribe {path}: {unusable}", err=True)
+            failed += 1
+    # Nothing to hear, nothing to write: silence is not worth a model call (and a model may hallucinate on it).
+    speech = {path: clip for path, clip in clips.items() if float(np.abs(clip).max()) >= SILENCE_PEAK}
+    texts = dict.fromkeys(clips, "")
+    if speech:
+        speech_llm = _load(model)
+        sample_rate = _sample_rate(speech_llm)
+        if sample_rate != defaults.sample_rate:
+            for path in speech:
+                speech[path] = decode_audio(None, path, sample_rate=sample_rate, allow_silence=True)
+        found = transcribe(
+            speech_llm, list(speech.values()), sample_rate, batch_size=batch_size, max_new_tokens=max_new_tokens
+        )
+        texts.update(zip(speech, found, strict=True))
+    for path, text in texts.items():
         typer.echo(f"{path}\t{text}")
+    if failed:
+        typer.echo(f"error: {failed} of {len(audio)} files could not be transcribed (named above)", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("eval")
@@ -71,7 +97,10 @@ def evaluate(
     ],
     split: Annotated[
         str | None,
-        typer.Option(help="Split of a local directory (default: test, validation or dev) or Hub id (default: test)."),
+        typer.Option(
+            help="Split of a local directory (default: test, validation or dev; 'all': every split; a `ta data "
+            "robust` set: every condition) or Hub id (default: test)."
+        ),
     ] = None,
     config: Annotated[str | None, typer.Option("--config", "--name", help="Config of a Hub id, e.g. 'clean'.")] = None,
     audio_column: Annotated[str, typer.Option(help="Audio column of a local directory or Hub id.")] = "audio",
@@ -100,11 +129,17 @@ def evaluate(
     except (UnknownTestSet, TestSetUnavailable) as error:
         _fail(str(error))
     for model in models:  # a mistyped checkpoint fails now, not after the models before it have run
-        if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
-            _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
+        _check_model_name(model)
 
     from tiny_audio.evaluation.compare import compare, order_models
-    from tiny_audio.evaluation.report import details_table, results_json, wer_table, worst_markdown, write_outputs
+    from tiny_audio.evaluation.report import (
+        details_table,
+        hallucination_table,
+        results_json,
+        wer_table,
+        worst_markdown,
+        write_outputs,
+    )
 
     limit = num_samples or None
     try:
@@ -122,10 +157,18 @@ def evaluate(
     settings = {"num_samples": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     document = results_json(comparison.results, comparison.devices, comparison.test_sets, settings, worst)
     written = write_outputs(out, document, comparison.results)
-    typer.echo("\n".join([*wer_table(document), "", *details_table(document)]))
+    hallucination = hallucination_table(document)
+    tables = [*wer_table(document), "", *details_table(document), *(["", *hallucination] if hallucination else [])]
+    typer.echo("\n".join(tables))
     if worst:
         typer.echo("\n".join(worst_markdown(document["worst"])))
     typer.echo("written: " + ", ".join(map(str, written)))
+
+
+def _check_model_name(model: str) -> None:
+    """A model that is neither a directory nor shaped like a Hub id fails before anything loads."""
+    if not Path(model).is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
+        _fail(f"cannot load model '{model}': no such directory, and not a Hub repo id (owner/name)")
 
 
 def _load(model: str) -> SpeechLLM:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from tiny_audio.config import ConfigError, DataConfig, DatasetConfig
-from tiny_audio.data.samples import prepare_sample
+from tiny_audio.data import skips
+from tiny_audio.data.audio import decode_audio
 from tiny_audio.data.skips import SkipLedger, Unusable
 from tiny_audio.data.sources import DataSourceError, eval_records
+from tiny_audio.data.text import find_junk_marker, normalize_text
 from tiny_audio.evaluation.registry import TestSet, TestSetUnavailable, hint, probe_hub
 
 
@@ -45,8 +48,8 @@ def eval_data_config(
 ) -> DataConfig:
     """Read `split` in order, keeping every clip the encoder can take.
 
-    Training drops short clips and one-word transcripts; a benchmark must not, or its WER would not
-    compare with published numbers for the same split.
+    Training drops short clips, one-word or empty transcripts and silent clips; a benchmark must
+    not, or its WER would not compare with published numbers for the same split.
     """
     dataset = DatasetConfig(
         path=path, name=name, audio_column=audio_column, text_column=text_column, train_splits=[], eval_splits=[split]
@@ -77,12 +80,34 @@ def load_eval_samples(cfg: DataConfig, limit: int | None) -> tuple[list[EvalSamp
         if len(samples) == limit:
             return samples, skipped, False  # a record beyond the limit: the split holds more
         try:
-            audio, text = prepare_sample(record, cfg)
+            audio, text = prepare_eval_sample(record, cfg)
         except Unusable as unusable:
             skipped.add(unusable.reason, record["sample_id"])
             continue
         samples.append(EvalSample(record["sample_id"], audio, text))
     return samples, skipped, True
+
+
+def prepare_eval_sample(record: dict[str, Any], cfg: DataConfig) -> tuple[np.ndarray, str]:
+    """(audio, transcript) as training's `prepare_sample` gives them, except that a benchmark keeps
+    what training drops: an empty transcript (non-speech audio: any output is a hallucination) and
+    digital silence. Junk-marked and unreadable records are still skipped."""
+    if record["text_problem"]:
+        raise Unusable(record["text_problem"])
+    raw = record["text"] or ""
+    marker = find_junk_marker(raw, list(cfg.junk_markers))
+    if marker is not None:
+        raise Unusable(skips.JUNK_MARKER, marker)
+    if record["audio_problem"]:
+        raise Unusable(record["audio_problem"])
+    audio = decode_audio(
+        record["audio_bytes"],
+        record["audio_path"],
+        sample_rate=cfg.sample_rate,
+        max_duration=cfg.max_duration,
+        allow_silence=True,
+    )
+    return audio, normalize_text(raw, lowercase=cfg.lowercase)
 
 
 def load_test_set(test_set: TestSet, sample_rate: int, limit: int | None) -> LoadedTestSet:

@@ -20,6 +20,7 @@ ESB = "hf-audio/esb-datasets-test-only-sorted"
 HUB_PROBE_TIMEOUT_S = 10.0
 # Without --split, a local directory is scored on the first of these it has.
 LOCAL_SPLIT_PREFERENCE = ("test", "validation", "dev")
+ALL_SPLITS = "all"  # --split all: every split of a local directory
 
 
 class UnknownTestSet(ValueError):
@@ -93,8 +94,9 @@ def resolve(
 ) -> list[TestSet]:
     """Each -d value as test sets, in order, without duplicates.
 
-    A value is a registered name or group, else a local directory (its `split`, or the first of
-    LOCAL_SPLIT_PREFERENCE it has, or its only split), else a Hub id `owner/name` read with
+    A value is a registered name or group, else a local directory (its `split`; every split for
+    `split="all"`; every condition of a `ta data robust` set; or the first of LOCAL_SPLIT_PREFERENCE
+    it has, or its only split), else a Hub id `owner/name` read with
     `config`, `split` (default `test`) and the given columns. Registered entries keep their own
     config, split and columns, which the options do not change.
     """
@@ -112,14 +114,26 @@ def _resolve_one(value: str, split: str | None, config: str | None, audio: str, 
         return [TEST_SETS[value]]
     directory = Path(value).expanduser()
     if directory.is_dir():
-        chosen = split or _default_local_split(directory)
-        return [TestSet(f"{directory.name}:{chosen}", value, config, chosen, audio, text)]
+        chosen = [split] if split and split != ALL_SPLITS else _local_splits(directory, split)
+        return [TestSet(f"{directory.name}:{name}", value, config, name, audio, text) for name in chosen]
     if value.count("/") == 1 and not value.startswith((".", "/", "~")):
         chosen = split or "test"
         return [TestSet(f"{value}:{chosen}", value, config, chosen, audio, text)]
     raise UnknownTestSet(
         f"unknown test set '{value}'; choose from {known_names()}, or give a local directory or a Hub id (owner/name)"
     )
+
+
+def _local_splits(directory: Path, split: str | None) -> list[str]:
+    """Every split for `--split all`, every condition of a robustness set by default, else the default split."""
+    from tiny_audio.data.robust import robust_conditions  # not at import: `ta --help` reads this module
+
+    conditions = robust_conditions(directory)
+    if conditions:
+        return conditions
+    if split == ALL_SPLITS:
+        return list(find_local_splits(directory)) or [_default_local_split(directory)]  # the latter says why not
+    return [_default_local_split(directory)]
 
 
 def _default_local_split(directory: Path) -> str:

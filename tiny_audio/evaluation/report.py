@@ -15,15 +15,20 @@ results.json  (schema_version 1; rates are fractions, 0.25 = 25%)
                    end, null when --num-samples stopped before it}]
   results         one per (model, test set), models outer:
                   {model, step, test_set, num_samples, reference_words,
+                   speech_samples, non_speech_samples (with and without reference words),
                    wer, substitution_rate, insertion_rate, deletion_rate   (Whisper-normalised text)
                    raw_wer, raw_substitution_rate, raw_insertion_rate, raw_deletion_rate
                    (text as written: casing and punctuation count),
-                   empty_rate, looping_rate (shares of samples),
+                   empty_rate, looping_rate (shares of the speech samples),
+                   these ten over the speech samples only, null when there are none;
+                   hallucination_rate (share of non-speech samples with any output),
+                   hallucinated_words_per_clip, both null when there are no non-speech samples,
                    audio_seconds, decode_seconds, real_time_factor (decode_seconds / audio_seconds),
                    samples_per_second}
   worst           [{model, step, test_set, rank, id, wer, errors, reference, prediction, alignment}]
                   the K highest-WER samples per result (empty without --worst)
-results.md    the same tables for people: WER by test set (models x test sets), then details
+results.md    the same tables for people: WER by test set (models x test sets; "-" where a set has no
+              reference words), then details, then hallucinations on sets with empty references
 samples.jsonl one line per (model, test set, sample): {model, step, test_set, id, reference,
               prediction, wer, substitutions, insertions, deletions, reference_words, raw_wer,
               empty, looping}
@@ -42,7 +47,7 @@ from typing import Any
 
 from tiny_audio.evaluation.compare import ModelRef, Result
 from tiny_audio.evaluation.dataset import LoadedTestSet
-from tiny_audio.evaluation.wer import SampleScore, align
+from tiny_audio.evaluation.wer import SampleScore, WerReport, align
 
 SCHEMA_VERSION = 1
 RATES = ("wer", "substitution_rate", "insertion_rate", "deletion_rate")
@@ -69,16 +74,24 @@ def results_json(
 
 def result_row(result: Result) -> dict[str, Any]:
     report, raw_report = result.report, result.raw_report
+
+    def rate(of: WerReport, name: str) -> float | None:
+        return getattr(of, name) if name in of.defined_metrics() else None
+
     return {
         "model": result.model.model,
         "step": result.model.step,
         "test_set": result.test_set.test_set.name,
         "num_samples": len(report.samples),
         "reference_words": report.reference_words,
-        **{name: getattr(report, name) for name in RATES},
-        **{f"raw_{name}": getattr(raw_report, name) for name in RATES},
-        "empty_rate": report.empty_rate,
-        "looping_rate": report.looping_rate,
+        "speech_samples": len(report.speech),
+        "non_speech_samples": len(report.non_speech),
+        **{name: rate(report, name) for name in RATES},
+        **{f"raw_{name}": rate(raw_report, name) for name in RATES},
+        "empty_rate": rate(report, "empty_rate"),
+        "looping_rate": rate(report, "looping_rate"),
+        "hallucination_rate": rate(report, "hallucination_rate"),
+        "hallucinated_words_per_clip": rate(report, "hallucinated_words_per_clip"),
         "audio_seconds": result.test_set.audio_seconds,
         "decode_seconds": result.decode_seconds,
         "real_time_factor": result.real_time_factor,
@@ -166,7 +179,7 @@ def wer_vs_step(results: list[Result]) -> list[dict[str, Any]]:
             "raw_wer": r.raw_report.wer,
         }
         for r in results
-        if r.model.step is not None
+        if r.model.step is not None and r.report.speech
     ]
     return sorted(points, key=lambda p: (p["run"], p["test_set"], p["step"]))
 
@@ -194,6 +207,9 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         *details_table(document),
     ]
+    hallucination = hallucination_table(document)
+    if hallucination:
+        lines += ["", "## Non-speech: hallucinations", "", *hallucination]
     skipped = [t for t in document["test_sets"] if t["skipped"]]
     if skipped:
         lines += ["", "## Skipped samples", "", "| test set | skipped |", "|---|---|"]
@@ -226,6 +242,19 @@ def details_table(document: dict[str, Any]) -> list[str]:
     return rows
 
 
+def hallucination_table(document: dict[str, Any]) -> list[str]:
+    """Per result with empty references: how often the model wrote something where there was nothing to hear."""
+    rows = [r for r in document["results"] if r["non_speech_samples"]]
+    if not rows:
+        return []
+    header = ["model", "step", "test set", "non-speech samples", "hallucination rate", "words per clip"]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for r in rows:
+        cells = [r["model"], _step(r["step"]), r["test_set"], str(r["non_speech_samples"])]
+        lines.append(_row([*cells, _pct(r["hallucination_rate"]), f"{r['hallucinated_words_per_clip']:.1f}"]))
+    return lines
+
+
 def worst_markdown(worst: list[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     heading = None
@@ -248,8 +277,8 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _step(step: int | None) -> str:

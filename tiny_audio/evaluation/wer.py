@@ -7,9 +7,17 @@ unnormalised WER instead.
 
 A prediction is *empty* when nothing is left after normalisation. It is *looping* when the decoder
 got stuck repeating itself: some run of words (one word or a phrase of any length) occurs at
-least `LOOP_REPEATS` times in a row ("the the the the", "i see you i see you i see you i see you"),
+least `LOOP_REPEATS` times in a row ("the the the the", "i see you i see you i see you i see you");
+or, with the spaces taken out, some run of characters holding a letter does ("daviddaviddaviddavid",
+a sub-word token repeated without spaces, "abababab"), over at least `LOOP_MIN_CHARS` characters;
 or it has more than `LOOP_LENGTH_RATIO` times as many words as the reference (a loop cut off by
 `max_new_tokens` before it repeated often enough to show).
+
+A reference with no words (non-speech audio, or "[noise]", "Uh." that normalise to nothing) has no
+WER: any words predicted for it are a *hallucination*. Rates therefore split the samples in two:
+WER, its breakdown, and the empty and looping rates cover the samples with reference words;
+`hallucination_rate` (share of clips with any output) and `hallucinated_words_per_clip` cover the
+others. Each is undefined (ValueError) when its half has no samples.
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jiwer
+import numpy as np
 
 from tiny_audio.evaluation.normalize import normalize
 
 LOOP_REPEATS = 4
 LOOP_LENGTH_RATIO = 3.0
+LOOP_MIN_CHARS = 8  # a character loop must be this long: "aaaa" or "hahaha" in real speech is not one
+LOOP_MAX_CHARS = 2000  # longer predictions are looked at up to here (the length ratio catches the rest)
 
 
 @dataclass(frozen=True)
@@ -46,9 +57,23 @@ class SampleScore:
         return self.errors / self.reference_words if self.reference_words else float(self.errors > 0)
 
 
+SPEECH_METRICS = ("wer", "substitution_rate", "insertion_rate", "deletion_rate", "empty_rate", "looping_rate")
+NON_SPEECH_METRICS = ("hallucination_rate", "hallucinated_words_per_clip")
+
+
 @dataclass(frozen=True)
 class WerReport:
     samples: list[SampleScore]
+
+    @property
+    def speech(self) -> list[SampleScore]:
+        """The samples with reference words: the ones WER is about."""
+        return [s for s in self.samples if s.reference_words]
+
+    @property
+    def non_speech(self) -> list[SampleScore]:
+        """The samples whose reference has no words: any output for them is a hallucination."""
+        return [s for s in self.samples if not s.reference_words]
 
     @property
     def reference_words(self) -> int:
@@ -59,41 +84,68 @@ class WerReport:
             raise ValueError(f"no reference words to score in {len(self.samples)} samples; WER is undefined")
         return count / self.reference_words
 
+    def _share(self, flags: list[bool], what: str) -> float:
+        if not flags:
+            raise ValueError(f"no {what} among {len(self.samples)} samples; the rate is undefined")
+        return sum(flags) / len(flags)
+
     @property
     def wer(self) -> float:
-        return self._rate(sum(s.errors for s in self.samples))
+        return self._rate(sum(s.errors for s in self.speech))
 
     @property
     def substitution_rate(self) -> float:
-        return self._rate(sum(s.substitutions for s in self.samples))
+        return self._rate(sum(s.substitutions for s in self.speech))
 
     @property
     def insertion_rate(self) -> float:
-        return self._rate(sum(s.insertions for s in self.samples))
+        return self._rate(sum(s.insertions for s in self.speech))
 
     @property
     def deletion_rate(self) -> float:
-        return self._rate(sum(s.deletions for s in self.samples))
+        return self._rate(sum(s.deletions for s in self.speech))
 
     @property
     def empty_rate(self) -> float:
-        return sum(s.empty for s in self.samples) / len(self.samples)
+        return self._share([s.empty for s in self.speech], "samples with reference words")
 
     @property
     def looping_rate(self) -> float:
-        return sum(s.looping for s in self.samples) / len(self.samples)
+        return self._share([s.looping for s in self.speech], "samples with reference words")
+
+    @property
+    def hallucination_rate(self) -> float:
+        """Share of the samples without reference words that got any output."""
+        return self._share([not s.empty for s in self.non_speech], "samples without reference words")
+
+    @property
+    def hallucinated_words_per_clip(self) -> float:
+        """Words output per sample without reference words (each one an insertion)."""
+        clips = self.non_speech
+        self._share([not s.empty for s in clips], "samples without reference words")  # raises when none
+        return sum(s.insertions for s in clips) / len(clips)
+
+    def defined_metrics(self) -> tuple[str, ...]:
+        """The rate names this report can give: speech ones, non-speech ones, or both."""
+        return (SPEECH_METRICS if self.speech else ()) + (NON_SPEECH_METRICS if self.non_speech else ())
 
     def metrics(self, prefix: str = "eval/") -> dict[str, float]:
-        names = ("wer", "substitution_rate", "insertion_rate", "deletion_rate", "empty_rate", "looping_rate")
-        return {f"{prefix}{name}": getattr(self, name) for name in names}
+        return {f"{prefix}{name}": getattr(self, name) for name in self.defined_metrics()}
 
     def summary(self) -> str:
         """One line, e.g. 'WER 23.4% (sub 10.0%, ins 3.0%, del 10.4%) | empty 0.0% | looping 1.0% | 100 samples'."""
-        return (
-            f"WER {self.wer:.1%} (sub {self.substitution_rate:.1%}, ins {self.insertion_rate:.1%}, "
-            f"del {self.deletion_rate:.1%}) | empty {self.empty_rate:.1%} | looping {self.looping_rate:.1%} | "
-            f"{len(self.samples)} samples, {self.reference_words} reference words"
-        )
+        parts = []
+        if self.speech:
+            parts.append(
+                f"WER {self.wer:.1%} (sub {self.substitution_rate:.1%}, ins {self.insertion_rate:.1%}, "
+                f"del {self.deletion_rate:.1%}) | empty {self.empty_rate:.1%} | looping {self.looping_rate:.1%}"
+            )
+        if self.non_speech:
+            parts.append(
+                f"hallucinated on {self.hallucination_rate:.1%} of {len(self.non_speech)} non-speech samples "
+                f"({self.hallucinated_words_per_clip:.1f} words each)"
+            )
+        return " | ".join([*parts, f"{len(self.samples)} samples, {self.reference_words} reference words"])
 
 
 def score(
@@ -110,13 +162,18 @@ def score(
 
 def score_sample(reference: str, prediction: str, normalizer: Callable[[str], str] = normalize) -> SampleScore:
     ref_words, pred_words = normalizer(reference).split(), normalizer(prediction).split()
-    aligned = jiwer.process_words(" ".join(ref_words), " ".join(pred_words))
+    if ref_words and pred_words:
+        aligned = jiwer.process_words(" ".join(ref_words), " ".join(pred_words))
+        counts = aligned.substitutions, aligned.insertions, aligned.deletions
+    else:
+        # Some jiwer versions refuse an empty side; with one, every word on the other is an error.
+        counts = 0, len(pred_words), len(ref_words)
     return SampleScore(
         reference=reference,
         prediction=prediction,
-        substitutions=aligned.substitutions,
-        insertions=aligned.insertions,
-        deletions=aligned.deletions,
+        substitutions=counts[0],
+        insertions=counts[1],
+        deletions=counts[2],
         reference_words=len(ref_words),
         empty=not pred_words,
         looping=is_looping(pred_words, len(ref_words)),
@@ -127,7 +184,27 @@ def is_looping(words: Sequence[str], reference_words: int) -> bool:
     """True when `words` repeat a run LOOP_REPEATS times in a row or outgrow the reference (see module doc)."""
     if len(words) > LOOP_LENGTH_RATIO * max(reference_words, 1):
         return True
-    return longest_repeat(words) >= LOOP_REPEATS
+    return longest_repeat(words) >= LOOP_REPEATS or repeats_characters("".join(words))
+
+
+def repeats_characters(text: str, repeats: int = LOOP_REPEATS, min_chars: int = LOOP_MIN_CHARS) -> bool:
+    """True when some run of characters holding a letter occurs `repeats` times back to back over `min_chars`.
+
+    For each unit length n, a unit repeated k times is a stretch where text[i] == text[i + n] for
+    (k - 1) * n positions in a row, so one vectorised comparison per n finds it.
+    """
+    text = text[:LOOP_MAX_CHARS]
+    codes = np.array([ord(c) for c in text], dtype=np.int64)
+    letters = np.array([c.isalpha() for c in text], dtype=bool)
+    for n in range(1, codes.size // repeats + 1):
+        needed = max((repeats - 1) * n, min_chars - n)  # the stretch plus one unit is the repeated span
+        same = np.concatenate(([False], codes[:-n] == codes[n:], [False]))
+        edges = np.flatnonzero(np.diff(same.astype(np.int8)))
+        for start, end in zip(edges[::2], edges[1::2], strict=True):
+            # Digits repeat in real numbers ("1000000"): a loop's unit must hold a letter.
+            if end - start >= needed and letters[start : start + n].any():
+                return True
+    return False
 
 
 def longest_repeat(words: Sequence[str]) -> int:
@@ -145,7 +222,15 @@ def longest_repeat(words: Sequence[str]) -> int:
 
 def align(reference: str, prediction: str, normalizer: Callable[[str], str] = normalize) -> str:
     """jiwer's word alignment of the normalised pair: REF and HYP lines, then S/I/D marks under each error."""
-    aligned = jiwer.process_words(normalizer(reference) or "", normalizer(prediction) or "")
+    ref, pred = normalizer(reference), normalizer(prediction)
+    if not ref or not pred:  # nothing to align (and jiwer may refuse): every word on the other side is an error
+        words = (ref or pred).split()
+        stars, mark = (
+            " ".join("*" * len(w) for w in words),
+            " ".join(("D" if ref else "I").ljust(len(w)) for w in words),
+        )
+        return "\n".join([f"REF: {ref or stars}", f"HYP: {pred or stars}", f"     {mark}".rstrip()]).rstrip()
+    aligned = jiwer.process_words(ref, pred)
     lines = jiwer.visualize_alignment(aligned, show_measures=False, skip_correct=False).splitlines()
     # Drop jiwer's "=== SENTENCE 1 ===" header and blank lines: one pair needs neither.
     return "\n".join(line.rstrip() for line in lines if line.strip() and not line.startswith("==="))

@@ -3,7 +3,9 @@
 Each stage runs the project's own training code (`tiny_audio.training.run`) with the same
 experiments as the course (`mlp`, `mlp_lora`, `mlp_fine_tune`), each later stage starting from
 the previous stage's final checkpoint. After each stage the final checkpoint is scored on both
-held-out splits; at the end a figure of the curves and a summary are written.
+held-out splits and on a few robustness conditions (`CourseSettings.robust_each_stage`: a new
+accent, noise, babble, a room, non-speech); the final stage on every condition of the robust set.
+At the end a figure of the curves and a summary are written.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tiny_audio.compose import load_config
+from tiny_audio.data.robust import COMPACT, NON_SPEECH_CONDITION, robust_conditions
 from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.evaluation.wer import score
 from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.miniature.standins import Miniature, read_split
 from tiny_audio.model.build import load_pretrained
+from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.run import run
 
@@ -53,6 +57,8 @@ class CourseSettings:
     eval_steps: int = 50
     eval_clips: int = 48  # clips decoded at each evaluation during training
     seed: int = 42
+    # Robustness conditions scored after every stage; the final stage is scored on all of them.
+    robust_each_stage: tuple[str, ...] = COMPACT
     extra_overrides: tuple[str, ...] = ()  # any other config key, e.g. training.adam_beta2=0.95
 
 
@@ -67,6 +73,10 @@ class StageResult:
     best_wer: float | None
     intelligible_step: int | None  # first evaluation with WER <= 50% after one above it
     held_out_wer: dict[str, float] = field(default_factory=dict)
+    # Per robustness condition: WER, or for non_speech the share of clips with any output.
+    robust_wer: dict[str, float] = field(default_factory=dict)
+    hallucination_rate: float | None = None
+    scoring_seconds: float = 0.0  # scoring time of the held-out splits and robustness sets
 
 
 def stage_overrides(miniature: Miniature, settings: CourseSettings, stage: Stage, output_dir: Path) -> list[str]:
@@ -140,6 +150,12 @@ def run_course(
         previous = final
         curves = stage_curves([output_dir])[0]
         wers = [w for _, w in curves.wer]
+        started = time.perf_counter()
+        model = load_pretrained(str(final), device="cpu")
+        held_out = held_out_wer(model, miniature)
+        last = number == len(settings.stages)
+        robust = robust_scores(model, miniature.robust, None if last else settings.robust_each_stage)
+        del model
         result = StageResult(
             name=stage.name,
             experiment=stage.experiment,
@@ -149,21 +165,45 @@ def run_course(
             seconds=seconds,
             best_wer=min(wers) if wers else None,
             intelligible_step=curves.intelligible_step,
-            held_out_wer=held_out_wer(final, miniature),
+            held_out_wer=held_out,
+            robust_wer={name: rate for name, rate in robust.items() if name != NON_SPEECH_CONDITION},
+            hallucination_rate=robust.get(NON_SPEECH_CONDITION),
+            scoring_seconds=time.perf_counter() - started,
         )
         log(f"{stage.name}: " + ", ".join(f"{split} WER {wer:.1%}" for split, wer in result.held_out_wer.items()))
+        if robust:
+            shown = [f"{name} {rate:.1%}" for name, rate in result.robust_wer.items()]
+            if result.hallucination_rate is not None:
+                shown.append(f"hallucinations on non-speech {result.hallucination_rate:.1%}")
+            log(f"  robustness (WER): {', '.join(shown)} ({result.scoring_seconds:.0f} s to score)")
         results.append(result)
     return results
 
 
-def held_out_wer(checkpoint: Path, miniature: Miniature, **overrides: object) -> dict[str, float]:
-    """Greedy WER of a saved model on every clip of each held-out split."""
-    model = load_pretrained(str(checkpoint), device="cpu", **overrides)
+def held_out_wer(model: SpeechLLM, miniature: Miniature) -> dict[str, float]:
+    """Greedy WER of a model on every clip of each held-out split."""
     wers = {}
     for split in HELD_OUT_SPLITS:
         audios, texts = read_split(miniature.speech / split)
         wers[split] = score(texts, transcribe(model, audios, 16000, batch_size=32)).wer
     return wers
+
+
+def robust_scores(model: SpeechLLM, robust: Path, conditions: tuple[str, ...] | None) -> dict[str, float]:
+    """WER per condition of the robust set at `robust` (hallucination rate for non-speech), in the set's order.
+
+    `conditions=None` scores every condition the set has; a set that was not built (or a condition
+    it lacks) is left out, so the course runs without it.
+    """
+    available = robust_conditions(robust) or []
+    scores = {}
+    for name in available:
+        if conditions is not None and name not in conditions:
+            continue
+        audios, texts = read_split(robust / name)
+        report = score(texts, transcribe(model, audios, 16000, batch_size=32))
+        scores[name] = report.wer if report.speech else report.hallucination_rate
+    return scores
 
 
 def write_outputs(results: list[StageResult], miniature: Miniature, out_dir: Path, seconds: float) -> tuple[Path, Path]:
@@ -191,4 +231,19 @@ def summary_table(results: list[StageResult]) -> str:
         cliff = f"step {r.intelligible_step}" if r.intelligible_step is not None else "-"
         held = " | ".join(f"{r.held_out_wer[s]:.1%}" for s in HELD_OUT_SPLITS)
         lines.append(f"| {r.name} | {r.steps} | {r.seconds:.0f} s | {best} | {cliff} | {held} |")
-    return "\n".join(lines)
+    robust = robust_table(results)
+    return "\n".join(lines + (["", *robust] if robust else []))
+
+
+def robust_table(results: list[StageResult]) -> list[str]:
+    """Conditions down, stages across: WER per condition, hallucination rate on non-speech ("-": not scored)."""
+    names = list(dict.fromkeys(name for r in results for name in r.robust_wer))
+    if not names and all(r.hallucination_rate is None for r in results):
+        return []
+    lines = ["| robustness | " + " | ".join(r.name for r in results) + " |", "|" + "---|" * (1 + len(results))]
+    for name in names:
+        cells = [f"{r.robust_wer[name]:.1%}" if name in r.robust_wer else "-" for r in results]
+        lines.append(f"| {name} WER | " + " | ".join(cells) + " |")
+    cells = ["-" if r.hallucination_rate is None else f"{r.hallucination_rate:.1%}" for r in results]
+    lines.append(f"| {NON_SPEECH_CONDITION}: clips with any output | " + " | ".join(cells) + " |")
+    return lines
