@@ -175,6 +175,8 @@ class Preflight:
             llm = AutoModelForCausalLM.from_config(text_config)
             projector = build_projector(cfg, encoder_dim, llm.get_input_embeddings().embedding_dim)
         total = sum(p.numel() for p in projector.parameters()) if cfg.projector_trainable else 0
+        if cfg.decoder_trainable:
+            total += sum(p.numel() for p in llm.parameters())  # a tied LM head is listed once
         if cfg.lora.enabled:
             # PEFT matches target_modules against the last part of each module name.
             targets = set(cfg.lora.target_modules)
