@@ -302,3 +302,17 @@ def test_a_full_decoder_stage_from_a_lora_checkpoint_merges_the_adapter(tiny_mod
         merged = full.eval()(**batch).lm_loss_sum
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)
     assert full.decoder_changed  # its checkpoints will hold the merged decoder
+
+
+def test_preflight_counts_the_whole_decoder_from_configs_alone_and_its_adam_moments(
+    tiny_run_config, tmp_path: Path
+) -> None:
+    from tiny_audio.training.preflight import adam_state_bytes, run_preflight
+
+    data = write_audiofolder(tmp_path / "data", {"train": 4, "validation": 2})
+    cfg = tiny_run_config(data, model={"decoder_trainable": True})
+    results = run_preflight(cfg, log=quiet)
+    model = build_model(cfg.model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert f"{trainable:,} trainable parameters" in results[3].detail  # the meta-device skeleton's count
+    assert adam_state_bytes(model) == 2 * 4 * trainable
