@@ -316,3 +316,24 @@ def test_preflight_counts_the_whole_decoder_from_configs_alone_and_its_adam_mome
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert f"{trainable:,} trainable parameters" in results[3].detail  # the meta-device skeleton's count
     assert adam_state_bytes(model) == 2 * 4 * trainable
+
+
+def test_the_course_switch_makes_stage_three_train_the_whole_decoder(tmp_path: Path) -> None:
+    from tiny_audio.compose import load_config
+    from tiny_audio.miniature.cli import _scaled
+    from tiny_audio.miniature.course import CourseSettings, stage_overrides, with_full_decoder
+    from tiny_audio.miniature.standins import Miniature
+
+    default = CourseSettings()
+    assert [s.experiment for s in default.stages] == ["mlp", "mlp_lora", "mlp_fine_tune"]  # unchanged
+    settings = with_full_decoder(default)
+    assert [s.experiment for s in settings.stages] == ["mlp", "mlp_lora", "mlp_full_decoder"]
+    assert settings.stages[-1].steps == default.stages[-1].steps
+    miniature = Miniature(tmp_path, tmp_path / "speech", tmp_path / "llm", tmp_path / "encoder")
+    stage3 = load_config(stage_overrides(miniature, settings, settings.stages[-1], tmp_path / "out"))
+    assert stage3.model.decoder_mode == "full" and stage3.experiment == "mlp_full_decoder"
+    assert (stage3.training.learning_rate, stage3.training.decoder_learning_rate) == (1e-4, 2e-5)
+    # The LoRA stage before it takes no decoder rate (it would be refused).
+    stage2 = load_config(stage_overrides(miniature, settings, settings.stages[1], tmp_path / "out"))
+    assert stage2.model.decoder_mode == "lora" and stage2.training.decoder_learning_rate is None
+    assert _scaled(settings, 200)[-1].decoder_learning_rate == 2e-5
