@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -333,6 +334,8 @@ def test_the_course_switch_makes_stage_three_train_the_whole_decoder(tmp_path: P
     stage3 = load_config(stage_overrides(miniature, settings, settings.stages[-1], tmp_path / "out"))
     assert stage3.model.decoder_mode == "full" and stage3.experiment == "mlp_full_decoder"
     assert (stage3.training.learning_rate, stage3.training.decoder_learning_rate) == (1e-4, 2e-5)
+    faster = dataclasses.replace(settings.stages[-1], decoder_learning_rate=5e-5)
+    assert load_config(stage_overrides(miniature, settings, faster, tmp_path)).training.decoder_learning_rate == 5e-5
     # The LoRA stage before it takes no decoder rate (it would be refused).
     stage2 = load_config(stage_overrides(miniature, settings, settings.stages[1], tmp_path / "out"))
     assert stage2.model.decoder_mode == "lora" and stage2.training.decoder_learning_rate is None
