@@ -340,3 +340,15 @@ def test_the_course_switch_makes_stage_three_train_the_whole_decoder(tmp_path: P
     stage2 = load_config(stage_overrides(miniature, settings, settings.stages[1], tmp_path / "out"))
     assert stage2.model.decoder_mode == "lora" and stage2.training.decoder_learning_rate is None
     assert _scaled(settings, 200)[-1].decoder_learning_rate == 2e-5
+
+
+def test_a_trained_decoder_of_other_frozen_models_is_refused_naming_it(tiny_run_config, tmp_path: Path) -> None:
+    saved_cfg = tiny_run_config(tmp_path / "unused", model={"decoder_trainable": True})
+    model = build_model(saved_cfg.model)
+    checkpoint = checkpoints.write_checkpoint(
+        tmp_path / "full", 2, lambda d: save_pretrained(model, d), {"step": 2, "trainable": {}}, {}
+    )
+    other = tiny_run_config(tmp_path / "unused", model={"decoder_trainable": True, "encoder_padding": "longest"})
+    trainer = Trainer(other, model, Accelerator(cpu=True), None, None, [], log=quiet)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="its projector and decoder weights only fit those"):
+        trainer.resume(checkpoint)
