@@ -28,6 +28,17 @@ def save_tiny_model(model_config, directory: Path) -> Path:
     return directory
 
 
+def save_tiny_full_decoder_model(model_config, directory: Path) -> Path:
+    """An untrained tiny model whose whole decoder "trained": its weights moved away from the base LLM's."""
+    torch.manual_seed(0)
+    model = build_model(model_config(decoder_trainable=True))
+    with torch.no_grad():
+        for parameter in model.causal_lm.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    save_pretrained(model, directory)
+    return directory
+
+
 def write_clips(directory: Path) -> list[Path]:
     """A 16 kHz mono clip, a 44.1 kHz stereo one (resampled and mixed by both paths) and a FLAC."""
     directory.mkdir(parents=True, exist_ok=True)

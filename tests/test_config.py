@@ -38,6 +38,16 @@ def test_stages_declare_what_trains() -> None:
     assert (stage1.projector_trainable, stage1.lora.enabled) == (True, False)
     assert (stage2.projector_trainable, stage2.lora.enabled) == (False, True)
     assert (stage3.projector_trainable, stage3.lora.enabled) == (True, True)
+    assert [m.decoder_mode for m in (stage1, stage2, stage3)] == ["frozen", "lora", "lora"]
+
+
+def test_full_decoder_experiment_trains_the_decoder_at_its_own_rate() -> None:
+    cfg = load_config(["+experiments=mlp_full_decoder"])
+    assert (cfg.model.projector_trainable, cfg.model.decoder_trainable, cfg.model.lora.enabled) == (True, True, False)
+    assert cfg.model.decoder_mode == "full"
+    assert (cfg.training.learning_rate, cfg.training.decoder_learning_rate) == (1e-4, 2e-5)
+    assert cfg.training.decoder_weight_decay == 0.01
+    assert load_config(["+experiments=mlp"]).training.decoder_learning_rate is None
 
 
 @pytest.mark.parametrize(
@@ -62,6 +72,26 @@ def test_stages_declare_what_trains() -> None:
         (
             ["data.augment.noise.snr_db=[20,5]"],
             "data.augment.noise.snr_db=[20.0, 5.0] is not allowed: [low, high] with -30 <= low <= high <= 60",
+        ),
+        (
+            ["+experiments=mlp_lora", "model.decoder_trainable=true"],
+            "model.decoder_trainable=True is not allowed: false while model.lora.enabled=true",
+        ),
+        (
+            ["+experiments=mlp", "training.decoder_learning_rate=2e-5"],
+            "training.decoder_learning_rate=2e-05 is not allowed: null unless model.decoder_trainable=true",
+        ),
+        (
+            ["+experiments=mlp_lora", "training.decoder_weight_decay=0.1"],
+            "training.decoder_weight_decay=0.1 is not allowed: null unless model.decoder_trainable=true",
+        ),
+        (
+            ["+experiments=mlp_full_decoder", "training.decoder_learning_rate=0"],
+            "training.decoder_learning_rate=0.0 is not allowed: null (= training.learning_rate) or a positive",
+        ),
+        (
+            ["model.projector_trainable=false"],
+            "model.projector_trainable=False is not allowed: true unless model.lora.enabled or model.decoder_trainable",
         ),
     ],
 )

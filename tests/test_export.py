@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,12 +18,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModel, pipeline
 from transformers.dynamic_module_utils import get_relative_imports
 from typer.testing import CliRunner
 
 from tests.data_helpers import tone
-from tests.export_helpers import MAX_NEW_TOKENS, save_tiny_model, ta_transcribe, write_clips
+from tests.export_helpers import (
+    MAX_NEW_TOKENS,
+    save_tiny_full_decoder_model,
+    save_tiny_model,
+    ta_transcribe,
+    write_clips,
+)
 from tiny_audio.cli import app
 from tiny_audio.data.audio import resample
 from tiny_audio.export import portable
@@ -134,6 +143,37 @@ def test_self_contained_export_loads_without_tiny_audio_offline(saved: Path, cli
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == reference
+
+
+# --- a decoder trained whole ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_full(tiny_model_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_full_decoder_model(tiny_model_config, tmp_path_factory.mktemp("saved_full") / "checkpoint-5")
+
+
+def test_full_decoder_export_carries_the_decoder_and_transcribes_as_ta_transcribe(
+    saved_full: Path, clips: list[Path], tmp_path: Path
+) -> None:
+    expected = ta_transcribe(saved_full, clips)
+    out = tmp_path / "full_decoder"
+    result = CliRunner().invoke(app, ["export", str(saved_full), str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    # The trained decoder exists nowhere else: it is written into the export, not referenced by id.
+    assert (config["text_model"], config["lora"]) == ("text_model", None)
+    assert config["audio_model"] != "audio_model" and not (out / "audio_model").exists()
+    exported = load_file(str(out / "text_model" / "model.safetensors"))
+    trained = load_file(str(saved_full / "decoder.safetensors"))
+    assert all(torch.equal(exported[key], value) for key, value in trained.items())
+    assert "whose decoder was trained" in (out / "README.md").read_text()
+    asr = pipeline("automatic-speech-recognition", model=str(out), trust_remote_code=True, device="cpu")
+    assert [o["text"] for o in asr([str(c) for c in clips], max_new_tokens=MAX_NEW_TOKENS)] == expected
+    # ... and it matters: the same projector over the base decoder transcribes otherwise.
+    base = tmp_path / "base_decoder"
+    shutil.copytree(saved_full, base, ignore=shutil.ignore_patterns("decoder*.safetensors*"))
+    assert ta_transcribe(base, clips) != expected
 
 
 # --- bad input ------------------------------------------------------------------------------------

@@ -113,6 +113,9 @@ class ModelConfig:
     projector_hidden_dim: int = 1536
     # Stage 1 trains the projector; stage 2 freezes it and trains LoRA; stage 3 trains both.
     projector_trainable: bool = True
+    # Train every weight of the LLM decoder (the reference's later recipe), at
+    # training.decoder_learning_rate; LoRA (model.lora.enabled) instead adapts a frozen one.
+    decoder_trainable: bool = False
     # An RMSNorm at the projector's output, scaled to the LLM's token-embedding RMS: projected audio
     # then enters the LLM at the loudness of text. Off by default: see README's recipe table.
     projector_output_norm: bool = False
@@ -135,6 +138,11 @@ class ModelConfig:
     moe: MoeConfig = field(default_factory=MoeConfig)
     qformer: QformerConfig = field(default_factory=QformerConfig)
 
+    @property
+    def decoder_mode(self) -> str:
+        """How the LLM decoder trains: "frozen", "lora" (adapters on a frozen decoder) or "full"."""
+        return "full" if self.decoder_trainable else "lora" if self.lora.enabled else "frozen"
+
     def validate(self, prefix: str = "model") -> None:
         _require(
             self.projector_type in PROJECTOR_TYPES,
@@ -154,10 +162,16 @@ class ModelConfig:
             f"one of {', '.join(paddings)}",
         )
         _require(
-            self.projector_trainable or self.lora.enabled,
+            self.projector_trainable or self.lora.enabled or self.decoder_trainable,
             f"{prefix}.projector_trainable",
             self.projector_trainable,
-            "true unless model.lora.enabled is true (otherwise nothing would train)",
+            "true unless model.lora.enabled or model.decoder_trainable is true (otherwise nothing would train)",
+        )
+        _require(
+            not (self.decoder_trainable and self.lora.enabled),
+            f"{prefix}.decoder_trainable",
+            self.decoder_trainable,
+            f"false while {prefix}.lora.enabled=true (LoRA adapts a frozen decoder): choose one of the two",
         )
         _require(
             0 <= self.audio_token_dropout < 1,
@@ -515,6 +529,10 @@ class TrainingConfig:
     # warmup_stable_decay: share of max_steps spent decaying at the end (the rest after warm-up is flat).
     decay_ratio: float = 0.1
     weight_decay: float = 0.0
+    # The decoder's own optimizer group when model.decoder_trainable=true (null: learning_rate,
+    # weight_decay): a pretrained decoder wants a far lower rate than a fresh projector.
+    decoder_learning_rate: float | None = None
+    decoder_weight_decay: float | None = None
     # AdamW's moment decay rates and epsilon, named as in transformers' TrainingArguments.
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -578,6 +596,18 @@ class TrainingConfig:
         _require(self.learning_rate > 0, f"{prefix}.learning_rate", self.learning_rate, "a positive number, e.g. 1e-4")
         _require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, ">= 0")
         _require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, ">= 0")
+        _require(
+            self.decoder_learning_rate is None or self.decoder_learning_rate > 0,
+            f"{prefix}.decoder_learning_rate",
+            self.decoder_learning_rate,
+            "null (= training.learning_rate) or a positive number, e.g. 2e-5",
+        )
+        _require(
+            self.decoder_weight_decay is None or self.decoder_weight_decay >= 0,
+            f"{prefix}.decoder_weight_decay",
+            self.decoder_weight_decay,
+            "null (= training.weight_decay) or >= 0",
+        )
         _require(self.max_grad_norm > 0, f"{prefix}.max_grad_norm", self.max_grad_norm, "> 0")
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
@@ -635,6 +665,15 @@ class Config:
             self.model.encoder_cache_gib,
             "0 while data.spec_augment.enabled=true: masked clips differ every pass, so nothing would be reused",
         )
+        for name in ("decoder_learning_rate", "decoder_weight_decay"):
+            value = getattr(self.training, name)
+            _require(
+                value is None or self.model.decoder_trainable,
+                f"training.{name}",
+                value,
+                "null unless model.decoder_trainable=true (LoRA and the projector train at "
+                "training.learning_rate and training.weight_decay)",
+            )
         return self
 
 

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from tiny_audio.export.records import read_records
 from tiny_audio.model.build import LORA_DIR, PROJECTOR_FILE, read_model_config
+from tiny_audio.model.decoder_weights import has_decoder
 
 DEFAULT_LICENSE = "other"
 REQUIREMENTS = "transformers peft accelerate soundfile soxr"
@@ -133,12 +134,18 @@ def build_card(
     metadata = {k: v for k, v in metadata.items() if v not in ([], None)}
     parts = [f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n", f"# {name}\n"]
     files = _exported_files(checkpoint, export_dir)
+    llm = f"a frozen LLM (`{cfg.text_model_id}`), {files['lora']}"
+    if has_decoder(checkpoint):
+        llm = (
+            f"an LLM initialised from `{cfg.text_model_id}` whose decoder was trained (every weight; "
+            f"included in this export as `text_model/`), {files['lora']}"
+        )
     parts.append(
         "A speech recognizer built as a speech LLM with tiny-audio: a frozen audio encoder "
         f"(`{cfg.audio_model_id}`) feeds a trained `{cfg.projector_type}` projector (pool stride "
         f"{cfg.projector_pool_stride}, hidden {cfg.projector_hidden_dim}) whose outputs replace "
         "`<audio>` tokens in the "
-        f"prompt of a frozen LLM (`{cfg.text_model_id}`), {files['lora']}. The encoder and LLM load in "
+        f"prompt of {llm}. The encoder and LLM load in "
         f"{cfg.dtype} ({files['frozen']}); the projector weights are stored in {files['projector_dtype']}.\n"
     )
     parts.append(_usage(name))

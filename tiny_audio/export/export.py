@@ -4,14 +4,15 @@ Layout of an export:
   config.json                 model_type tiny_audio, auto_map, custom_pipelines, the frozen models' ids
   model.safetensors           the trained projector (keys `projector.*`)
   lora/                       the PEFT LoRA adapter, if the model has one and it is not merged
-  text_model/                 the LLM, when LoRA is merged into it or frozen weights are included
+  text_model/                 the LLM, when it was trained, LoRA is merged into it or frozen weights are included
   audio_model/                the encoder alone (no GLM-ASR language model), when frozen weights are included
   tokenizer files, preprocessor_config.json
   *.py                        the modelling, configuration and pipeline code, and tiny-audio's inference modules
   README.md                   the model card
 By default the frozen encoder and LLM are referenced by id: the export is a few MB and downloads
-them on first use. `include_frozen_weights` makes it self-contained (works offline, ~2.5 GB for
-the course's models).
+them on first use; a decoder trained whole (model.decoder_trainable) exists only in the checkpoint
+and is always written out. `include_frozen_weights` makes it self-contained (works offline, ~2.5 GB
+for the course's models).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers import AutoFeatureExtractor, AutoModelForCausalLM, AutoTokeniz
 
 from tiny_audio.config import ModelConfig
 from tiny_audio.export.portable import write_portable_modules
+from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import LORA_DIR, MODEL_CONFIG_FILE, PROJECTOR_FILE, read_model_config
 from tiny_audio.model.encoder import encoder_layout, load_audio_encoder
 
@@ -113,13 +115,18 @@ def export_model(
     adapter = checkpoint / LORA_DIR
     has_lora = cfg.lora.enabled and (adapter / "adapter_model.safetensors").is_file()
     lora, text_model, audio_model = None, cfg.text_model_id, cfg.audio_model_id
+    # A trained decoder exists nowhere but in the checkpoint: it goes into the export.
+    trained = _trained_llm(cfg, checkpoint) if decoder_weights.has_decoder(checkpoint) else None
     if has_lora and merge_lora:
-        _merged_llm(cfg, adapter).save_pretrained(str(staging / TEXT_DIR))
+        _merged_llm(cfg, adapter, trained).save_pretrained(str(staging / TEXT_DIR))
         text_model = TEXT_DIR
-    elif has_lora:
+    elif trained is not None:
+        trained.save_pretrained(str(staging / TEXT_DIR))
+        text_model = TEXT_DIR
+    if has_lora and not merge_lora:
         shutil.copytree(adapter, staging / LORA_DIR)
         lora = LORA_DIR
-    elif merge_lora:
+    elif merge_lora and not has_lora:
         notes.append("the model has no LoRA adapter: nothing to merge")
     if include_frozen_weights:
         if text_model != TEXT_DIR:
@@ -182,9 +189,20 @@ def _load_llm(cfg: ModelConfig) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(cfg.text_model_id, dtype=getattr(torch, cfg.dtype))
 
 
-def _merged_llm(cfg: ModelConfig, adapter: Path) -> torch.nn.Module:
-    """The LLM with W + (alpha/r)·BA folded into its weights: no PEFT at inference, same outputs up to rounding."""
-    return PeftModel.from_pretrained(_load_llm(cfg), str(adapter)).merge_and_unload()
+def _trained_llm(cfg: ModelConfig, checkpoint: Path) -> torch.nn.Module:
+    """`model.text_model_id`'s architecture with the checkpoint's trained decoder weights, in `model.dtype`."""
+    llm = _load_llm(cfg)
+    vocabulary = len(AutoTokenizer.from_pretrained(str(checkpoint)))
+    if vocabulary > llm.get_input_embeddings().num_embeddings:  # as build_model grew it for `<audio>`
+        llm.resize_token_embeddings(vocabulary, mean_resizing=False)
+    decoder_weights.load_decoder(llm, checkpoint)
+    return llm
+
+
+def _merged_llm(cfg: ModelConfig, adapter: Path, base: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The LLM (`base`, else the id's) with W + (alpha/r)·BA folded into its weights: no PEFT at inference,
+    same outputs up to rounding."""
+    return PeftModel.from_pretrained(base if base is not None else _load_llm(cfg), str(adapter)).merge_and_unload()
 
 
 def _save_encoder(cfg: ModelConfig, directory: Path) -> None:

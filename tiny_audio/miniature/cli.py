@@ -23,6 +23,9 @@ def course_command(
         None, help="Cache for the miniature models (default: TINY_AUDIO_CACHE or ~/.cache/tiny-audio)."
     ),
     rebuild: bool = typer.Option(False, "--rebuild", help="Build the miniature models again even if cached."),
+    full_decoder: bool = typer.Option(
+        False, "--full-decoder", help="Stage 3 trains the whole decoder (mlp_full_decoder) instead of LoRA."
+    ),
     override: Annotated[
         list[str] | None,
         typer.Option("--set", help="Extra config override for every stage, e.g. --set training.adam_beta2=0.95."),
@@ -35,12 +38,15 @@ def course_command(
         CourseSettings,
         run_course,
         summary_table,
+        with_full_decoder,
         write_outputs,
     )
     from tiny_audio.miniature.standins import MiniatureSpec, build_miniature
 
     started = time.perf_counter()
     settings = CourseSettings(extra_overrides=tuple(override or ()))
+    if full_decoder:
+        settings = with_full_decoder(settings)
     if steps is not None:
         if steps < 1:
             typer.echo(f"error: --steps must be >= 1, got {steps}", err=True)

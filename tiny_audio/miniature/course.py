@@ -14,7 +14,7 @@ import json
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tiny_audio.compose import load_config
@@ -40,6 +40,7 @@ class Stage:
     steps: int
     learning_rate: float
     warmup_steps: int
+    decoder_learning_rate: float | None = None  # experiments that train the whole decoder
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,18 @@ class CourseSettings:
     # Robustness conditions scored after every stage; the final stage is scored on all of them.
     robust_each_stage: tuple[str, ...] = COMPACT
     extra_overrides: tuple[str, ...] = ()  # any other config key, e.g. training.adam_beta2=0.95
+
+
+# Stage 3 training the whole decoder instead of LoRA (`ta course --full-decoder`), from stage 2's
+# checkpoint, whose adapter is merged into the decoder first.
+FULL_DECODER_STAGE = Stage("stage 3: projector + decoder", "mlp_full_decoder", 100, 1e-4, 10, 2e-5)
+
+
+def with_full_decoder(settings: CourseSettings) -> CourseSettings:
+    """The same course with its last stage training the projector and the whole decoder."""
+    last = settings.stages[-1]
+    stage = replace(FULL_DECODER_STAGE, steps=last.steps, warmup_steps=last.warmup_steps)
+    return replace(settings, stages=(*settings.stages[:-1], stage))
 
 
 @dataclass
@@ -98,6 +111,7 @@ def stage_overrides(miniature: Miniature, settings: CourseSettings, stage: Stage
         f"training.output_dir={output_dir}",
         f"training.max_steps={stage.steps}",
         f"training.learning_rate={stage.learning_rate}",
+        *([f"training.decoder_learning_rate={stage.decoder_learning_rate}"] if stage.decoder_learning_rate else []),
         f"training.warmup_steps={stage.warmup_steps}",
         f"training.per_device_train_batch_size={settings.batch_size}",
         f"training.per_device_eval_batch_size={settings.batch_size}",

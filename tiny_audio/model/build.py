@@ -1,7 +1,8 @@
 """All model I/O: build a SpeechLLM from ids, save what was trained, load it back.
 
-A saved model holds its config, the projector weights, the LoRA adapter if any, and the
-tokenizer; the frozen encoder and LLM are referenced by id or path, never copied.
+A saved model holds its config, the projector weights, the LoRA adapter if any, the decoder's
+weights once they were trained (model.decoder_trainable), and the tokenizer; the frozen encoder and
+an untrained LLM are referenced by id or path, never copied.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from tiny_audio.config import ModelConfig
+from tiny_audio.model import decoder_weights
 from tiny_audio.model.encoder import EncoderCache, load_audio_encoder
 from tiny_audio.model.projectors import build_projector
 from tiny_audio.model.scale import token_embedding_rms
@@ -48,6 +50,10 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
     if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     llm.requires_grad_(False)
+    if cfg.decoder_trainable:
+        # float32 master weights, as the projector keeps: an AdamW update of 2e-5 x a bf16 weight
+        # is below bf16's resolution and would round away. bf16 autocast still does the compute.
+        llm.to(torch.float32).requires_grad_(True)
     llm_dim = llm.get_input_embeddings().embedding_dim
     embedding_rms = token_embedding_rms(llm.get_input_embeddings(), len(tokenizer) - 1)  # all but `<audio>`
     projector = build_projector(cfg, encoder.hidden_size, llm_dim, embedding_rms)
@@ -61,7 +67,9 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
             task_type="CAUSAL_LM",
         )
         llm = get_peft_model(llm, lora)
-    return SpeechLLM(encoder, projector, llm, tokenizer, cfg)
+    model = SpeechLLM(encoder, projector, llm, tokenizer, cfg)
+    model.decoder_changed = cfg.decoder_trainable
+    return model
 
 
 def attach_encoder_cache(model: SpeechLLM, cfg: ModelConfig) -> None:
@@ -91,20 +99,34 @@ def save_pretrained(model: SpeechLLM, directory: Path) -> None:
     save_file(_contiguous(model.projector.state_dict()), str(directory / PROJECTOR_FILE))
     if isinstance(model.llm, PeftModel):
         model.llm.save_pretrained(str(directory / LORA_DIR))
+    if model.decoder_changed:
+        decoder_weights.save_decoder(model.causal_lm, directory)
     model.tokenizer.save_pretrained(str(directory))
 
 
 def load_weights(model: SpeechLLM, directory: Path, *, lora: bool = True) -> list[str]:
-    """Load projector (and, if asked and present, LoRA) weights saved in `directory`; returns what loaded."""
+    """Load the weights saved in `directory`; returns what loaded.
+
+    Projector; the decoder's trained weights when present; the LoRA adapter if asked for, onto
+    a model with LoRA, or folded into a decoder that trains whole ("lora merged").
+    """
     loaded = []
     model.projector.load_state_dict(load_file(str(directory / PROJECTOR_FILE)))
     loaded.append("projector")
+    if decoder_weights.has_decoder(directory):
+        decoder_weights.load_decoder(model.causal_lm, directory)
+        model.decoder_changed = True  # every later save must carry them: text_model_id no longer holds them
+        loaded.append("decoder")
     adapter = directory / LORA_DIR / "adapter_model.safetensors"
     if lora and adapter.exists() and isinstance(model.llm, PeftModel):
         result = set_peft_model_state_dict(model.llm, load_file(str(adapter)))
         if result.unexpected_keys:
             raise ValueError(f"LoRA adapter in {directory} does not fit this model: {result.unexpected_keys[:3]}")
         loaded.append("lora")
+    elif adapter.exists() and model.config.decoder_trainable:
+        decoder_weights.merge_lora(model.causal_lm, adapter.parent)
+        model.decoder_changed = True
+        loaded.append("lora merged into the decoder")
     return loaded
 
 
@@ -127,6 +149,8 @@ def load_pretrained(path_or_id: str, device: str | None = None, **overrides: obj
     cfg = dataclasses.replace(read_model_config(directory), **overrides)
     model = build_model(cfg)
     load_weights(model, directory)
+    if cfg.decoder_trainable:  # trained in float32 master weights; inference runs in model.dtype, as exports do
+        model.causal_lm.to(getattr(torch, cfg.dtype))
     return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
 

@@ -52,6 +52,9 @@ class SpeechLLM(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.prompts = PromptBuilder(tokenizer)
+        # Whether the LLM's own weights differ from `config.text_model_id`'s (trained whole, or
+        # loaded from a checkpoint that trained them), so that a save must carry them.
+        self.decoder_changed = False
 
     def train(self, mode: bool = True) -> SpeechLLM:
         # A module with nothing to train (the projector in stage 2, the LLM without LoRA) stays in

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tiny_audio.config import ModelConfig
+from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import read_model_config
 from tiny_audio.training.disk import disk_full_error, is_disk_full
 
@@ -34,7 +35,14 @@ class CheckpointMismatchError(ValueError):
 
 
 def check_compatible(checkpoint: Path, wanted: ModelConfig) -> None:
-    """Fail in one line, before any tensor is copied, when the saved projector differs from the config."""
+    """Fail in one line, before any tensor is copied, when the saved projector differs from the config
+    or the saved decoder weights are incomplete (a shard named by the index is missing)."""
+    missing = decoder_weights.missing_shards(checkpoint)
+    if missing:
+        raise CheckpointMismatchError(
+            f"{checkpoint} holds incomplete decoder weights: {', '.join(missing)} named by "
+            f"{decoder_weights.INDEX_FILE} not found; copy the whole checkpoint directory"
+        )
     saved = read_model_config(checkpoint)
     keys = [*PROJECTOR_SETTINGS]
     if wanted.projector_type in ("mosa", "moe", "qformer"):

@@ -20,8 +20,35 @@ from tiny_audio.config import TrainingConfig
 from tiny_audio.model.speech_llm import SpeechLLM
 
 
-def build_optimizer(params: Iterable[nn.Parameter], args: TrainingConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; on a GPU the fused kernel (one launch for all parameters instead of several per tensor)."""
+def parameter_groups(model: SpeechLLM, args: TrainingConfig) -> list[dict[str, Any]]:
+    """The optimizer's groups: what trains at `learning_rate`, then the decoder's own weights.
+
+    The projector and LoRA adapters are new and learn fast; a pretrained decoder trained whole
+    wants a far lower rate (`decoder_learning_rate`) or it forgets what it knew. Each group
+    carries a `name`; parameters shared by two modules (Qwen3's tied embedding and LM head) are
+    listed once, as `model.parameters()` lists them.
+    """
+    lm = model.causal_lm
+    decoder_ids = {id(p) for name, p in lm.named_parameters() if "lora_" not in name}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"name": "main", "params": [p for p in trainable if id(p) not in decoder_ids]},
+        {
+            "name": "decoder",
+            "params": [p for p in trainable if id(p) in decoder_ids],
+            "lr": args.learning_rate if args.decoder_learning_rate is None else args.decoder_learning_rate,
+            "weight_decay": args.weight_decay if args.decoder_weight_decay is None else args.decoder_weight_decay,
+        },
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter] | list[dict[str, Any]], args: TrainingConfig, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over parameters or `parameter_groups`; on a GPU the fused kernel (one launch for all
+    parameters instead of several per tensor). The schedule scales every group's own rate alike.
+    """
     return torch.optim.AdamW(
         list(params),
         lr=args.learning_rate,

@@ -205,6 +205,9 @@ class Preflight:
             llm = AutoModelForCausalLM.from_config(text_config)
             projector = build_projector(cfg, encoder_dim, llm.get_input_embeddings().embedding_dim)
         total = sum(p.numel() for p in projector.parameters()) if cfg.projector_trainable else 0
+        if cfg.decoder_trainable:
+            llm.tie_weights()  # the meta-device build leaves a tied LM head untied: count it once, as loaded
+            total += sum(p.numel() for p in llm.parameters())
         if cfg.lora.enabled:
             # PEFT matches target_modules against the last part of each module name.
             targets = set(cfg.lora.target_modules)
@@ -290,7 +293,10 @@ def memory_check(cfg: Config, model: SpeechLLM, accelerator: Accelerator) -> str
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-        resting = torch.cuda.memory_allocated(device)
+        # AdamW's moments exist only after the first update, yet stay for the whole run: 4.8 GB for a
+        # whole Qwen3-0.6B decoder, next to a projector's few MB.
+        moments = adam_state_bytes(model)
+        resting = torch.cuda.memory_allocated(device) + moments
     model.train()
     try:
         with bf16_autocast(cfg, accelerator.device):
@@ -309,13 +315,21 @@ def memory_check(cfg: Config, model: SpeechLLM, accelerator: Accelerator) -> str
     shape = f"batch {size} x {seconds:g} s, {batch['input_ids'].shape[1]} tokens"
     if not cuda:
         return f"forward/backward at {shape} ran on {device}"
-    peak, total = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory
+    peak, total = (
+        torch.cuda.max_memory_allocated(device) + moments,
+        torch.cuda.get_device_properties(device).total_memory,
+    )
     torch.cuda.empty_cache()
     fits = largest_batch(resting, peak, size, total)
     return (
         f"forward/backward at {shape}: peak {_gib(peak)} of {_gib(total)} GPU memory; "
         f"about {fits} such clips per batch would fit (training.per_device_train_batch_size)"
     )
+
+
+def adam_state_bytes(model: nn.Module) -> int:
+    """AdamW's two moments, each the size of its parameter, for every trainable parameter (listed once)."""
+    return sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def largest_batch(resting: int, peak: int, size: int, total: int, headroom: float = 0.9) -> int:

@@ -24,10 +24,11 @@ from accelerate.utils import gather_object, send_to_device
 
 from tiny_audio.config import Config
 from tiny_audio.data.skips import SkipLedger, add_counts, summarize
+from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import load_weights, read_model_config, save_pretrained
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM, count_targets
 from tiny_audio.training import checkpoints
-from tiny_audio.training.optim import build_optimizer, build_scheduler
+from tiny_audio.training.optim import build_optimizer, build_scheduler, parameter_groups
 from tiny_audio.training.progress import StepTimer, progress_line
 
 
@@ -110,7 +111,8 @@ class Trainer:
         self.callbacks = callbacks
         self.log = log
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, self.args, accelerator.device)
+        groups = parameter_groups(accelerator.unwrap_model(model), self.args)
+        self.optimizer = build_optimizer(groups, self.args, accelerator.device)
         self.scheduler = build_scheduler(self.optimizer, self.args)
         self.state = TrainState()
         self.skips = SkipLedger()
@@ -122,7 +124,9 @@ class Trainer:
     # --- resume --------------------------------------------------------------------------
 
     def trainable_components(self) -> dict[str, bool]:
-        return {"projector": self.cfg.model.projector_trainable, "lora": self.cfg.model.lora.enabled}
+        trainable = {"projector": self.cfg.model.projector_trainable, "lora": self.cfg.model.lora.enabled}
+        # Named only when true, so checkpoints of a frozen decoder read as they always have.
+        return trainable | ({"decoder": True} if self.cfg.model.decoder_trainable else {})
 
     def resume(self, checkpoint: Path) -> None:
         """Same stage: restore everything. Another stage: take its weights, start a fresh optimizer."""
@@ -166,9 +170,10 @@ class Trainer:
                 f"model.{k}={getattr(saved, k)!r} (config: {getattr(self.cfg.model, k)!r})" for k in differ
             )
             fix = " ".join(f"model.{k}={getattr(saved, k)}" for k in differ)
+            trained_decoder = decoder_weights.has_decoder(checkpoint)
+            fits = "projector and decoder weights only fit" if trained_decoder else "projector only fits"
             raise checkpoints.CheckpointMismatchError(
-                f"{checkpoint} was trained with {found}; its projector only fits those, "
-                f"so set {fix} to continue from it"
+                f"{checkpoint} was trained with {found}; its {fits} those, so set {fix} to continue from it"
             )
 
     def _check_same_layout(self, checkpoint: Path, saved: dict[str, Any]) -> None:
@@ -356,6 +361,11 @@ class Trainer:
             "train/loss": loss,
             "train/grad_norm": grad_norm,
             "train/learning_rate": lr,
+            **{
+                f"train/{group['name']}_learning_rate": group["lr"]
+                for group in self.optimizer.param_groups
+                if group.get("name") == "decoder"
+            },
             "train/samples_per_second": samples_per_second,
             **{
                 f"train/samples_per_second_rank{rank}": rate
