@@ -5,6 +5,12 @@ transformer layers, no attention mask), only narrower and shallower. CTC on char
 simplest objective that makes its frames carry what was said; the head is not saved, so the
 checkpoint holds an encoder that knows speech but was never taught to talk to an LLM, which is
 the position of the real encoder when a projector starts training.
+
+The real encoder was pretrained on a great deal of real-world audio: noisy, reverberant, quiet,
+narrow-band, and stretches with no speech at all. A stand-in that only ever heard clean speech
+would make every projector look fragile for a reason the real model does not have, so its
+pretraining set adds one acoustically varied copy of each clip and some non-speech clips whose
+CTC target is empty (all blanks).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from transformers import (
 )
 from transformers.models.glmasr.modeling_glmasr import GlmAsrEncoder
 
+from tiny_audio.data import effects
 from tiny_audio.model.encoder import AudioEncoder
 
 CTC_ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # index 0 is the CTC blank, so characters start at 1
@@ -43,6 +50,8 @@ class EncoderRecipe:
     batch_size: int = 16
     learning_rate: float = 2e-3
     warmup_steps: int = 60
+    varied_copies: int = 1  # acoustically varied copies of each training clip (see acoustic_variety)
+    non_speech_clips: int = 200  # clips without speech, target empty
 
 
 def feature_extractor() -> WhisperFeatureExtractor:
@@ -66,6 +75,50 @@ def ctc_decode(log_probs: Tensor) -> str:
     best = log_probs.argmax(-1).tolist()
     chars = [CTC_ALPHABET[i - 1] for j, i in enumerate(best) if i != 0 and (j == 0 or best[j - 1] != i)]
     return "".join(chars).strip()
+
+
+SAMPLE_RATE = 16000
+
+
+def varied_copy(audio: np.ndarray, others: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One clip as it might have been recorded elsewhere: speed, room, noise or babble, level, band."""
+    if rng.random() < 0.5:
+        audio = effects.change_speed(audio, float(rng.choice((0.9, 1.1))), SAMPLE_RATE)
+    if rng.random() < 0.4:
+        rir = effects.room_impulse_response(rng.uniform(0.2, 1.2), rng.uniform(3.0, 12.0), SAMPLE_RATE, rng)
+        audio = effects.reverberate(audio, rir)
+    if rng.random() < 0.7:
+        if rng.random() < 0.3:
+            talkers = [others[int(i)] for i in rng.integers(len(others), size=int(rng.integers(1, 4)))]
+            noise = effects.babble(talkers, audio.size, rng)
+        else:
+            colour = effects.NOISE_COLOURS[int(rng.integers(len(effects.NOISE_COLOURS)))]
+            noise = effects.coloured_noise(audio.size, colour, rng)
+        audio = effects.mix_at_snr(audio, noise, rng.uniform(-2.0, 20.0), rng)
+    if rng.random() < 0.1:
+        audio = effects.telephone(audio, SAMPLE_RATE)
+    return effects.set_level(audio, rng.uniform(-42.0, -12.0))
+
+
+def acoustic_variety(
+    audios: Sequence[np.ndarray], texts: Sequence[str], recipe: EncoderRecipe, seed: int
+) -> tuple[list[np.ndarray], list[str]]:
+    """The clean clips, `varied_copies` varied copies of each, and non-speech clips with empty text.
+
+    Every clip draws from its own generator (seed, copy, index), so the set does not depend on order.
+    """
+    out_audio, out_text = list(audios), list(texts)
+    for copy in range(1, recipe.varied_copies + 1):
+        for index, (audio, text) in enumerate(zip(audios, texts, strict=True)):
+            rng = np.random.default_rng([seed, copy, index])
+            out_audio.append(varied_copy(audio, audios, rng))
+            out_text.append(text)
+    kinds = sorted(effects.NON_SPEECH)
+    for index in range(recipe.non_speech_clips):
+        rng = np.random.default_rng([seed, 0, len(audios) + index])
+        out_audio.append(effects.non_speech(kinds[index % len(kinds)], rng.uniform(1.0, 5.0), SAMPLE_RATE, rng))
+        out_text.append("")
+    return out_audio, out_text
 
 
 class FeatureBatches:

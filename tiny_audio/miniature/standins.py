@@ -30,6 +30,7 @@ from tiny_audio.miniature.cache import build_atomically
 from tiny_audio.miniature.encoder import (
     EncoderRecipe,
     FeatureBatches,
+    acoustic_variety,
     build_encoder,
     character_error_rate,
     pretrain_encoder,
@@ -37,7 +38,7 @@ from tiny_audio.miniature.encoder import (
 )
 from tiny_audio.miniature.llm import CopyTask, LlmRecipe, build_llm, build_tokenizer, copy_accuracy, pretrain_llm
 
-VERSION = 1  # bump when the same spec would build different models
+VERSION = 2  # bump when the same spec would build different models
 # Clips per robustness condition (about 240 reference words each). The course scores 6 conditions
 # after each early stage and all 24 after the last: 864 clips, 1.4 times the held-out splits' 600.
 # Not part of the spec (the robust set's own marker keys it), so changing it keeps the models.
@@ -162,7 +163,8 @@ def _build_llm(directory: Path, spec: MiniatureSpec, log: Callable[[str], None])
 
 def _build_encoder(directory: Path, speech: Path, spec: MiniatureSpec, log: Callable[[str], None]) -> None:
     started = time.perf_counter()
-    train = FeatureBatches(*read_split(speech / "train"), spec.encoder.batch_size)
+    varied = acoustic_variety(*read_split(speech / "train"), spec.encoder, spec.seed)
+    train = FeatureBatches(*varied, spec.encoder.batch_size)
     validation = FeatureBatches(*read_split(speech / "validation"), spec.encoder.batch_size)
     encoder = build_encoder(spec.encoder, spec.seed)
     log(f"Pretraining a {_millions(encoder)}M-parameter GLM-ASR encoder with CTC ({spec.encoder.steps} steps)")
