@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from tests.data_helpers import write_audiofolder
+from tiny_audio.data import effects
 from tiny_audio.miniature.cache import MARKER, CacheError, build_atomically
-from tiny_audio.miniature.encoder import CTC_ALPHABET, ctc_decode, ctc_targets
+from tiny_audio.miniature.encoder import (
+    CTC_ALPHABET,
+    EncoderRecipe,
+    FeatureBatches,
+    acoustic_variety,
+    ctc_decode,
+    ctc_targets,
+)
 from tiny_audio.miniature.llm import CopyTask, LlmRecipe, plain_words
 from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.model.build import build_model
@@ -63,6 +71,28 @@ def test_ctc_targets_round_trip_through_greedy_decoding() -> None:
         frames[2 * j, target] = 0.0
         frames[2 * j + 1, 0] = 0.0
     assert ctc_decode(frames) == "did alice paint the cat's boat"
+
+
+def test_the_encoder_pretraining_set_adds_varied_copies_and_non_speech() -> None:
+    import numpy as np
+
+    t = np.arange(24000) / 16000
+    clean = [(0.1 * np.sin(2 * np.pi * f * t)).astype(np.float32) for f in (150, 220, 330)]
+    texts = ["one two", "three four", "five six"]
+    recipe = EncoderRecipe(varied_copies=2, non_speech_clips=7)
+    audios, targets = acoustic_variety(clean, texts, recipe, seed=3)
+    assert len(audios) == len(targets) == 3 * 3 + 7
+    assert targets[:9] == texts * 3 and targets[9:] == [""] * 7  # non-speech learns all-blank frames
+    for original, copy in zip(audios[:3], audios[3:6], strict=True):
+        assert copy is not original and not np.array_equal(copy[: original.size], original[: copy.size])
+    assert all(np.isfinite(a).all() and float(np.abs(a).max()) <= 1.0 for a in audios)
+    assert all(effects.rms(a) > 0 for a in audios[:9])
+    again, _ = acoustic_variety(clean, texts, recipe, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(audios, again, strict=True))
+    other, _ = acoustic_variety(clean, texts, recipe, seed=4)
+    assert not np.array_equal(audios[3], other[3])
+    batch = FeatureBatches(audios[9:], targets[9:], batch_size=7).batches[0]
+    assert batch["target_lengths"].tolist() == [0] * 7 and batch["targets"].numel() == 0
 
 
 def test_the_copy_task_uses_the_speech_prompt_layout(tiny_fixtures) -> None:
