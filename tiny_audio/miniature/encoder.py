@@ -46,7 +46,7 @@ class EncoderRecipe:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    steps: int = 600
+    steps: int = 1200  # the varied set (two copies of each clip, plus non-speech) needs twice the clean set's 600
     batch_size: int = 16
     learning_rate: float = 2e-3
     warmup_steps: int = 60
