@@ -315,7 +315,8 @@ def test_preflight_counts_the_whole_decoder_from_configs_alone_and_its_adam_mome
     results = run_preflight(cfg, log=quiet)
     model = build_model(cfg.model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert f"{trainable:,} trainable parameters" in results[3].detail  # the meta-device skeleton's count
+    (models,) = [r for r in results if r.name == "models"]
+    assert f"{trainable:,} trainable parameters" in models.detail  # the meta-device skeleton's count
     assert adam_state_bytes(model) == 2 * 4 * trainable
 
 
