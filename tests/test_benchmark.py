@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -12,17 +13,22 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import tone
 from tiny_audio.benchmark import run_benchmark
+from tiny_audio.benchmark.counted import counted_step_flops
 from tiny_audio.benchmark.flops import (
     TransformerShape,
+    batch_shapes,
     encoder_forward_flops,
     encoder_shape,
     llm_shape,
     lm_head_train_flops,
     mlp_projector_train_flops,
+    step_flops,
 )
-from tiny_audio.config import Config
+from tiny_audio.config import Config, ModelConfig, TrainingConfig
 from tiny_audio.data.collator import collator_for
-from tiny_audio.model.build import build_model
+from tiny_audio.model.build import attach_encoder_cache, build_model
+from tiny_audio.model.speech_llm import MODEL_INPUTS
+from tiny_audio.training.optim import apply_speed_settings
 
 
 def test_transformer_flops_by_hand() -> None:
@@ -125,3 +131,51 @@ def test_flop_counter_sees_the_mlp_projector_as_written(tiny_model_config) -> No
     assert counter.get_total_flops() == mlp_projector_train_flops(
         3, net[0].in_features, net[0].out_features, net[2].out_features
     )
+
+
+def _one_step(tiny_model_config, *, checkpointing: bool = False, **overrides: object) -> tuple[int, dict, dict]:
+    """A training step on two clips of different lengths: (counted FLOPs, formula as run, formula useful)."""
+    cfg = tiny_model_config(encoder_padding="longest", **overrides)
+    model = build_model(cfg)
+    apply_speed_settings(model, TrainingConfig(gradient_checkpointing=checkpointing, tf32=False), log=print)
+    attach_encoder_cache(model, cfg)
+    model.train()
+    clips = [{"audio": tone(1.3), "text": "one two three"}, {"audio": tone(2.6, seed=1), "text": "four five"}]
+    batch = collator_for(model, 16000)(clips)
+    inputs = {k: batch[k] for k in MODEL_INPUTS}
+    counted = counted_step_flops(model, inputs, contextlib.nullcontext())
+    hop = model.encoder.feature_extractor.hop_length
+    shapes = batch_shapes(model, batch, [len(c["audio"]) // hop for c in clips])
+    formula = step_flops(model, shapes, recompute=checkpointing)
+    return counted, formula["as_run"], formula["useful"]
+
+
+# The formulas leave out norms, activations, the loss and LoRA's low-rank products, and count
+# attention over the full square: on the tiny models they stay within this of torch's count.
+FORMULA_TOLERANCE = 0.1
+
+
+def test_counted_step_matches_the_formulas_and_sees_what_the_step_runs(tiny_model_config) -> None:
+    plain, plain_run, plain_useful = _one_step(tiny_model_config)
+    assert plain == pytest.approx(plain_run["total"], rel=FORMULA_TOLERANCE)
+
+    # Checkpointing: the decoder layers' forward runs again in the backward; counted grows by it.
+    recomputed, recomputed_run, recomputed_useful = _one_step(tiny_model_config, checkpointing=True)
+    assert recomputed == pytest.approx(recomputed_run["total"], rel=FORMULA_TOLERANCE)
+    assert recomputed_useful == plain_useful
+    rerun = recomputed_run["llm"] - plain_run["llm"]  # the layers' forward, less each MLP's down projection
+    assert rerun > 0 and recomputed - plain == rerun
+
+    # Stage 2 (frozen projector, LoRA) against stage 3 (both train): no projector backward.
+    lora = dataclasses.replace(ModelConfig().lora, enabled=True)
+    frozen, frozen_run, _ = _one_step(tiny_model_config, projector_trainable=False, lora=lora)
+    both, both_run, _ = _one_step(tiny_model_config, lora=lora)
+    assert frozen == pytest.approx(frozen_run["total"], rel=FORMULA_TOLERANCE)
+    projector_backward = both_run["projector"] - frozen_run["projector"]
+    assert projector_backward > 0 and both - frozen >= projector_backward
+
+    # Cache encoding each clip on its own frames: the encoder runs no padding.
+    cached, cached_run, cached_useful = _one_step(tiny_model_config, encoder_cache_gib=0.01)
+    assert cached == pytest.approx(cached_run["total"], rel=FORMULA_TOLERANCE)
+    assert cached_run["encoder_forward"] < plain_run["encoder_forward"] and cached_useful == plain_useful
+    assert plain - cached == pytest.approx(plain_run["encoder_forward"] - cached_run["encoder_forward"], rel=0.05)
