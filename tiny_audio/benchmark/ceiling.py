@@ -57,10 +57,12 @@ def tf32_matmuls(enabled: bool) -> Iterator[None]:
 
 def matmul_ceiling(
     device: torch.device, size: int = 2048, seconds: float = 1.0, tf32: bool = False, extra: tuple[str, ...] = ()
-) -> dict[str, float]:
-    """FLOP/s per dtype (bf16, fp32 and any `extra`), fp32 under the run's TF32 setting (`tf32`, on a GPU)."""
-    with tf32_matmuls(tf32 and device.type == "cuda"):
-        return {
+) -> tuple[dict[str, float], bool]:
+    """FLOP/s per dtype (bf16, fp32 and any `extra`), measured under the run's TF32 setting (`tf32`; only a
+    GPU's fp32 products use it), and the TF32 setting the products saw."""
+    with tf32_matmuls(tf32):
+        rates = {
             name: matmul_flops_per_second(getattr(torch, name), device, size, seconds)
             for name in dict.fromkeys(("bfloat16", "float32", *extra))
         }
+        return rates, torch.backends.cuda.matmul.allow_tf32

@@ -60,16 +60,16 @@ def run_benchmark(
         result["projected_course_stage1_hours"] = COURSE_STAGE1_SAMPLES / result["samples_per_second"] / 3600
         runs.append(result)
     precision = matmul_precision(cfg, device)
-    ceiling = matmul_ceiling(device, seconds=ceiling_seconds, tf32=cfg.training.tf32, extra=(precision,))
+    ceiling, tf32 = matmul_ceiling(device, seconds=ceiling_seconds, tf32=cfg.training.tf32, extra=(precision,))
     for result in runs:
         peak = ceiling[result["config"]["matmul_dtype"]]
         result["fraction_of_matmul_ceiling"] = {k: v / peak for k, v in result["flops_per_second"].items()}
-        # The step time if every FLOP it runs went at the matmul ceiling: no step here can beat it.
-        result["step_seconds"]["at_ceiling"] = result["flops_per_step"]["as_run"]["total"] / peak
+        # The step time if every FLOP it runs (as counted) went at the matmul ceiling: no step here can beat it.
+        result["step_seconds"]["at_ceiling"] = result["flops_per_step"]["counted"]["total"] / peak
     report = {
         "machine": _machine(device),
         "matmul_ceiling_flops_per_second": ceiling,
-        "matmul_ceiling_tf32": cfg.training.tf32 and device.type == "cuda",
+        "matmul_ceiling_tf32": tf32,
         "runs": runs,
     }
     log(format_table(report))
@@ -117,7 +117,7 @@ def _describe(cfg: Config, samples_seconds: tuple[float, float]) -> dict[str, An
         "dtype": m.dtype,
         "bf16": t.bf16 and (torch.cuda.is_available() or m.dtype == "bfloat16"),
         "matmul_dtype": matmul_precision(cfg, device),
-        "tf32": t.tf32 and device.type == "cuda",
+        "tf32": t.tf32,
         "batch_size": t.per_device_train_batch_size,
         "trainable": {"projector": m.projector_trainable, "lora": m.lora.enabled},
         "gradient_checkpointing": t.gradient_checkpointing,
