@@ -101,6 +101,8 @@ def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, 
         counted = run["flops_per_step"]["counted"]["total"]
         assert run["flops_counted_over_formula"] == pytest.approx(counted / as_run["total"])
         assert 0.9 < run["flops_counted_over_formula"] < 1.1
+        seconds = sum(run["step_seconds"]["all"]) + 2 * run["time_breakdown_seconds_per_step"]["data_wait"]
+        assert run["flops_per_second"]["as_run"] == pytest.approx(2 * counted / seconds)
         assert run["config"]["matmul_dtype"] == "float32" and run["config"]["tf32"] is False
         # Each mode in its own process: launch time and peaks are its own; evaluation can only add.
         assert run["launch_to_first_step_seconds"] > run["build_to_first_step_seconds"] > 0
