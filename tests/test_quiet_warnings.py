@@ -8,9 +8,11 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
+from tests.data_helpers import write_audiofolder
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import build_model
-from tiny_audio.model.quiet import peft_wrapping
+from tiny_audio.quiet import peft_wrapping
+from tiny_audio.training.run import run
 
 DEPRECATED = "`is_gradient_checkpointing` is deprecated"
 
@@ -29,6 +31,18 @@ def test_building_and_merging_lora_prints_no_deprecation_warning(tiny_model_conf
         lm = AutoModelForCausalLM.from_pretrained(cfg.text_model_id)
         decoder_weights.merge_lora(lm, tmp_path / "lora")
     assert not [m for m in _messages(record) if DEPRECATED in m]
+
+
+def test_a_short_lora_run_prints_no_deprecation_warning(tiny_run_config, tiny_model_config, tmp_path: Path) -> None:
+    data = write_audiofolder(tmp_path / "data", {"train": 4, "validation": 2})
+    lora = dataclasses.replace(tiny_model_config().lora, enabled=True)
+    cfg = tiny_run_config(
+        data, model={"lora": lora, "projector_trainable": False}, max_steps=2, per_device_train_batch_size=2
+    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        run(cfg, log=lambda _: None)
+    assert not [m for m in _messages(record) if "deprecated" in m]
 
 
 def test_the_filter_is_narrow_and_scoped() -> None:

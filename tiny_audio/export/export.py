@@ -34,7 +34,7 @@ from tiny_audio.export.portable import write_portable_modules
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import LORA_DIR, MODEL_CONFIG_FILE, PROJECTOR_FILE, read_model_config
 from tiny_audio.model.encoder import encoder_layout, load_audio_encoder
-from tiny_audio.model.quiet import peft_wrapping
+from tiny_audio.quiet import peft_wrapping
 
 HUB_CODE_DIR = Path(__file__).resolve().parent / "hub_code"
 MODEL_TYPE = "tiny_audio"

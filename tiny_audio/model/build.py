@@ -23,10 +23,10 @@ from tiny_audio.config import ModelConfig
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.encoder import EncoderCache, load_audio_encoder
 from tiny_audio.model.projectors import build_projector
-from tiny_audio.model.quiet import peft_wrapping
 from tiny_audio.model.scale import token_embedding_rms
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.prompts import AUDIO_TOKEN
+from tiny_audio.quiet import peft_wrapping
 
 MODEL_CONFIG_FILE = "tiny_audio_model.json"
 # Decoder settings that change logits after the LM head (Gemma 2/3 soft-capping, Cohere and Granite

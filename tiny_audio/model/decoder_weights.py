@@ -18,7 +18,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from torch import nn
 
-from tiny_audio.model.quiet import peft_wrapping
+from tiny_audio.quiet import peft_wrapping
 
 FILE_PATTERN = "decoder{suffix}.safetensors"
 SINGLE_FILE = "decoder.safetensors"

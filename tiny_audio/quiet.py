@@ -18,3 +18,12 @@ def peft_wrapping() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
+
+
+@contextlib.contextmanager
+def stateful_loader() -> Iterator[None]:
+    """Around building torchdata's StatefulDataLoader, which calls torch's deprecated `set_vital`
+    (a telemetry switch with no effect on loading) and draws a UserWarning each run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        yield
