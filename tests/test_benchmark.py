@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -12,17 +13,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import tone
 from tiny_audio.benchmark import run_benchmark
+from tiny_audio.benchmark.ceiling import matmul_ceiling, tf32_matmuls
+from tiny_audio.benchmark.counted import counted_step_flops, flop_counter
 from tiny_audio.benchmark.flops import (
     TransformerShape,
+    batch_shapes,
     encoder_forward_flops,
     encoder_shape,
     llm_shape,
     lm_head_train_flops,
     mlp_projector_train_flops,
+    step_flops,
 )
-from tiny_audio.config import Config
+from tiny_audio.benchmark.run import matmul_precision
+from tiny_audio.config import Config, ModelConfig, TrainingConfig
 from tiny_audio.data.collator import collator_for
-from tiny_audio.model.build import build_model
+from tiny_audio.model.build import attach_encoder_cache, build_model
+from tiny_audio.model.speech_llm import MODEL_INPUTS
+from tiny_audio.training.optim import apply_speed_settings
+from tiny_audio.training.precision import resolve_precision
 
 
 def test_transformer_flops_by_hand() -> None:
@@ -46,18 +55,16 @@ def test_encoder_and_llm_formulas_match_torchs_flop_counter(tiny_model_config) -
     batch = collator_for(model, 16000)([{"audio": tone(1.3), "text": "one two three"}])
     features = batch["input_features"]
     shape, n_mels = encoder_shape(model.encoder.module.config)
-    with FlopCounterMode(display=False) as counter:
+    # torch's own table lacks the CPU attention kernel: flop_counter() adds it.
+    with flop_counter() as counter:
         model.encoder.module(features)
-    # torch's counter skips the CPU attention kernel (SDPA for CPU is not in its table): add it back.
-    frames = (features.shape[-1] - 1) // 2 + 1
-    counted = counter.get_total_flops() + shape.attention_flops(frames)
-    assert counted == encoder_forward_flops(shape, n_mels, features.shape[-1])
+    assert counter.get_total_flops() == encoder_forward_flops(shape, n_mels, features.shape[-1])
     decoder = getattr(model.causal_lm, model.causal_lm.base_model_prefix)
     ids = batch["input_ids"]
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         decoder(input_ids=ids)
     llm = llm_shape(model.causal_lm.config)
-    assert counter.get_total_flops() + llm.attention_flops(ids.shape[1]) == llm.forward_flops(ids.shape[1])
+    assert counter.get_total_flops() == llm.forward_flops(ids.shape[1])
 
 
 def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, tmp_path: Path) -> None:
@@ -71,6 +78,7 @@ def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, 
     assert json.loads(out.read_text()) == report
     by_mode = {r["config"]["encoder_padding"]: r for r in report["runs"]}
     assert set(report["matmul_ceiling_flops_per_second"]) == {"bfloat16", "float32"}
+    assert report["matmul_ceiling_tf32"] is False
     for run in report["runs"]:
         assert run["steps"] == 2 and len(run["step_seconds"]["all"]) == 2
         assert run["step_seconds"]["p90"] >= run["step_seconds"]["median"] > 0
@@ -89,6 +97,13 @@ def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, 
         assert useful["encoder_forward"] <= as_run["encoder_forward"] and useful["lm_head"] == as_run["lm_head"]
         assert run["data_loader"]["ratio_to_step"] > 0 and run["projected_course_stage1_hours"] > 0
         assert 0 < run["fraction_of_matmul_ceiling"]["useful"] <= run["fraction_of_matmul_ceiling"]["as_run"]
+        # As run is torch's count of the step; the formulas agree with it on these models.
+        counted = run["flops_per_step"]["counted"]["total"]
+        assert run["flops_counted_over_formula"] == pytest.approx(counted / as_run["total"])
+        assert 0.9 < run["flops_counted_over_formula"] < 1.1
+        seconds = sum(run["step_seconds"]["all"]) + 2 * run["time_breakdown_seconds_per_step"]["data_wait"]
+        assert run["flops_per_second"]["as_run"] == pytest.approx(2 * counted / seconds)
+        assert run["config"]["matmul_dtype"] == "float32" and run["config"]["tf32"] is False
         # Each mode in its own process: launch time and peaks are its own; evaluation can only add.
         assert run["launch_to_first_step_seconds"] > run["build_to_first_step_seconds"] > 0
         assert run["evaluation"]["clips"] == 3 and run["evaluation"]["seconds"] > 0
@@ -96,7 +111,7 @@ def test_benchmark_reports_every_figure_on_the_tiny_fixtures(tiny_model_config, 
         assert 0 < run["step_seconds"]["at_ceiling"] < run["step_seconds"]["median"]
         # fp32 run: every FLOP it runs, at the fp32 matmul rate measured in the same run.
         fp32_ceiling = report["matmul_ceiling_flops_per_second"]["float32"]
-        assert run["step_seconds"]["at_ceiling"] == pytest.approx(as_run["total"] / fp32_ceiling)
+        assert run["step_seconds"]["at_ceiling"] == pytest.approx(counted / fp32_ceiling)
     # 2-7 s clips padded to 30 s: at least 23/30 of the frames are padding; far less padded to the longest.
     assert by_mode["max_length"]["padding"]["audio_frames"] > 23 / 30 - 0.01
     assert by_mode["longest"]["padding"]["audio_frames"] < 0.5
@@ -125,3 +140,100 @@ def test_flop_counter_sees_the_mlp_projector_as_written(tiny_model_config) -> No
     assert counter.get_total_flops() == mlp_projector_train_flops(
         3, net[0].in_features, net[0].out_features, net[2].out_features
     )
+
+
+def _one_step(tiny_model_config, *, checkpointing: bool = False, **overrides: object) -> tuple:
+    """A training step on two clips of different lengths: counted FLOPs, formula as run, formula useful,
+    the model and its inputs."""
+    cfg = tiny_model_config(encoder_padding="longest", **overrides)
+    model = build_model(cfg)
+    apply_speed_settings(model, TrainingConfig(gradient_checkpointing=checkpointing, tf32=False), log=print)
+    attach_encoder_cache(model, cfg)
+    model.train()
+    clips = [{"audio": tone(1.3), "text": "one two three"}, {"audio": tone(2.6, seed=1), "text": "four five"}]
+    batch = collator_for(model, 16000)(clips)
+    inputs = {k: batch[k] for k in MODEL_INPUTS}
+    counted = counted_step_flops(model, inputs, contextlib.nullcontext())
+    hop = model.encoder.feature_extractor.hop_length
+    shapes = batch_shapes(model, batch, [len(c["audio"]) // hop for c in clips])
+    formula = step_flops(model, shapes, recompute=checkpointing)
+    return counted, formula["as_run"], formula["useful"], model, inputs
+
+
+# The formulas leave out norms, activations, the loss and LoRA's low-rank products, and count
+# attention over the full square: on the tiny models they stay within this of torch's count.
+FORMULA_TOLERANCE = 0.1
+
+
+def test_counted_step_matches_the_formulas_and_sees_what_the_step_runs(tiny_model_config) -> None:
+    plain, plain_run, plain_useful, *_ = _one_step(tiny_model_config)
+    assert plain == pytest.approx(plain_run["total"], rel=FORMULA_TOLERANCE)
+
+    # Checkpointing: the decoder layers' forward runs again in the backward; counted grows by it.
+    recomputed, recomputed_run, recomputed_useful, *_ = _one_step(tiny_model_config, checkpointing=True)
+    assert recomputed == pytest.approx(recomputed_run["total"], rel=FORMULA_TOLERANCE)
+    assert recomputed_useful == plain_useful
+    rerun = recomputed_run["llm"] - plain_run["llm"]  # the layers' forward, less each MLP's down projection
+    assert rerun > 0 and recomputed - plain == rerun
+
+    # Stage 2 (frozen projector, LoRA) against stage 3 (both train): no projector backward.
+    lora = dataclasses.replace(ModelConfig().lora, enabled=True)
+    frozen, frozen_run, *_ = _one_step(tiny_model_config, projector_trainable=False, lora=lora)
+    both, both_run, *_ = _one_step(tiny_model_config, lora=lora)
+    assert frozen == pytest.approx(frozen_run["total"], rel=FORMULA_TOLERANCE)
+    projector_backward = both_run["projector"] - frozen_run["projector"]
+    assert projector_backward > 0 and both - frozen >= projector_backward
+
+    # Cache encoding each clip on its own frames: the encoder runs no padding.
+    cached, cached_run, cached_useful, model, inputs = _one_step(tiny_model_config, encoder_cache_gib=0.01)
+    assert cached == pytest.approx(cached_run["total"], rel=FORMULA_TOLERANCE)
+    assert cached_run["encoder_forward"] < plain_run["encoder_forward"] and cached_useful == plain_useful
+    assert plain - cached == pytest.approx(plain_run["encoder_forward"] - cached_run["encoder_forward"], rel=0.05)
+    # Counted after the timed step on the same batch, as the benchmark counts: the clips are
+    # encoded as that step encoded them, not served from the cache it filled, which stays as it was.
+    model(**inputs)
+    assert len(model.encoder.cache.entries) == 2
+    assert counted_step_flops(model, inputs, contextlib.nullcontext()) == cached
+    assert len(model.encoder.cache.entries) == 2
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bf16", "device", "expected"),
+    [
+        ("bfloat16", True, "cuda", "bfloat16"),
+        ("float32", True, "cuda", "bfloat16"),  # autocast on a GPU
+        ("float32", True, "cpu", "float32"),  # fp32 weights on a CPU: no autocast (as resolved on AVX2)
+        ("bfloat16", False, "cpu", "bfloat16"),  # no autocast, but bf16 weights: bf16 products
+        ("float32", False, "cuda", "float32"),
+    ],
+)
+def test_ceiling_precision_is_the_runs_resolved_precision(dtype: str, bf16: bool, device: str, expected: str) -> None:
+    cfg = Config()
+    cfg.model = dataclasses.replace(cfg.model, dtype=dtype)
+    cfg.training = dataclasses.replace(cfg.training, bf16=bf16)
+    assert matmul_precision(cfg, torch.device(device)) == expected
+
+
+def test_a_run_that_falls_back_to_fp32_is_held_to_the_fp32_ceiling() -> None:
+    cfg = Config()
+    cfg.model = dataclasses.replace(cfg.model, dtype="bfloat16")
+    cfg.training = dataclasses.replace(cfg.training, bf16=True, cpu_precision="auto")
+    cpu = torch.device("cpu")
+    assert matmul_precision(resolve_precision(cfg, cpu, log=lambda _: None, native=frozenset()), cpu) == "float32"
+    native = resolve_precision(cfg, cpu, log=lambda _: None, native=frozenset({"bfloat16"}))
+    assert matmul_precision(native, cpu) == "bfloat16"
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_matmuls_set_the_runs_setting_and_restore_it(tf32: bool) -> None:
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with tf32_matmuls(tf32):
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_ceiling_measures_the_runs_dtype_under_its_tf32_setting(tf32: bool) -> None:
+    ceiling, seen = matmul_ceiling(torch.device("cpu"), size=256, seconds=0.01, tf32=tf32, extra=("float16",))
+    assert set(ceiling) == {"bfloat16", "float32", "float16"} and all(v > 0 for v in ceiling.values())
+    assert seen is tf32

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -38,8 +40,29 @@ def _time_mm(a: torch.Tensor, b: torch.Tensor, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def matmul_ceiling(device: torch.device, size: int = 2048, seconds: float = 1.0) -> dict[str, float]:
-    return {
-        "bfloat16": matmul_flops_per_second(torch.bfloat16, device, size, seconds),
-        "float32": matmul_flops_per_second(torch.float32, device, size, seconds),
-    }
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """fp32 products on TF32 tensor cores or not, as `training.tf32` sets them for the run; restored after.
+
+    On an Ampere-or-newer GPU TF32 runs fp32 products several times faster: a ceiling measured
+    without the run's setting would over- or understate what its fp32 matmuls can reach.
+    """
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+def matmul_ceiling(
+    device: torch.device, size: int = 2048, seconds: float = 1.0, tf32: bool = False, extra: tuple[str, ...] = ()
+) -> tuple[dict[str, float], bool]:
+    """FLOP/s per dtype (bf16, fp32 and any `extra`), measured under the run's TF32 setting (`tf32`; only a
+    GPU's fp32 products use it), and the TF32 setting the products saw."""
+    with tf32_matmuls(tf32):
+        rates = {
+            name: matmul_flops_per_second(getattr(torch, name), device, size, seconds)
+            for name in dict.fromkeys(("bfloat16", "float32", *extra))
+        }
+        return rates, torch.backends.cuda.matmul.allow_tf32

@@ -5,13 +5,19 @@ Counts matrix-multiply FLOPs (2 per multiply-add); norms, activations and softma
 
 - encoder forward (frozen, no backward) on the mel frames it actually runs: conv1 (3-tap, n_mels -> D)
   on every mel frame, conv2 (3-tap, stride 2, D -> D) and the transformer on the T = ceil(mel/2) frames;
-- projector forward + backward (mlp: both weight gradients, but no input gradient: the encoder is frozen);
+  the batch's padded width, or each clip's own frames when the encoder cache encodes per clip;
+- projector forward, and its backward when it trains (mlp: both weight gradients, but no input
+  gradient: the encoder is frozen); a frozen projector (stage 2) runs its forward only;
 - LLM forward + backward through its activations (frozen weights: input gradients only, so the
-  backward of a linear costs one forward and the backward of attention two);
+  backward of a linear costs one forward and the backward of attention two); under gradient
+  checkpointing the backward first runs each decoder layer's forward again (up to the last tensor
+  it needs: all but the MLP's down projection);
 - LM head on the label positions only, forward + input gradient.
 
-"as run" counts what the step computes (padding included); "useful" counts real audio frames and
-real tokens only.
+LoRA's low-rank products are left out (small next to the frozen matmuls). "as run" counts what the
+step computes (padding and recomputation included); "useful" counts real audio frames and real
+tokens, once. The benchmark's headline figures come from torch's own count of the step
+(counted.py); these formulas cross-check it part by part.
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ class TransformerShape:
 
     def forward_flops(self, seq_len: int) -> int:
         return seq_len * self.linear_flops_per_token() + self.attention_flops(seq_len)
+
+    def recomputed_flops(self, seq_len: int) -> int:
+        """A checkpointed layer's forward again, in the backward. torch's non-reentrant checkpoint stops
+        at the last tensor the backward needs, so the MLP's down projection (whose output nothing
+        saves) is not run again."""
+        return self.forward_flops(seq_len) - seq_len * self.layers * 2 * self.ffn * self.hidden
 
     def frozen_backward_flops(self, seq_len: int) -> int:
         """Input gradients only: one forward's worth for linears, two for attention (dQ, dK and dV)."""
@@ -91,10 +103,11 @@ def encoder_forward_flops(shape: TransformerShape, n_mels: int, mel_frames: int)
     return conv1 + conv2 + shape.forward_flops(frames)
 
 
-def mlp_projector_train_flops(tokens: int, in_dim: int, hidden: int, out_dim: int) -> int:
-    """Forward (both linears) + backward (both weight gradients, the second layer's input gradient)."""
+def mlp_projector_train_flops(tokens: int, in_dim: int, hidden: int, out_dim: int, trains: bool = True) -> int:
+    """Forward (both linears) + backward (both weight gradients, the second layer's input gradient);
+    the forward alone for a frozen projector."""
     first, second = 2 * tokens * in_dim * hidden, 2 * tokens * hidden * out_dim
-    return (first + second) + (first + 2 * second)
+    return (first + second) + ((first + 2 * second) if trains else 0)
 
 
 def lm_head_train_flops(label_tokens: int, hidden: int, vocab: int) -> int:
@@ -118,10 +131,15 @@ class StepShapes:
 def batch_shapes(model: Any, batch: dict[str, Tensor], mel_real: list[int]) -> StepShapes:
     """Read a collated batch the way SpeechLLM.forward runs it (projector trimmed to the longest clip).
 
-    `mel_real`: each clip's real mel frames (samples // hop), as the collator computes them.
+    `mel_real`: each clip's real mel frames (samples // hop), as the collator computes them. A cache
+    that encodes per clip runs each clip on its own mel frames, not the batch's padded width (every
+    clip is new to the step it is measured in, so none is served from the cache).
     """
     encoder_lengths = batch["encoder_lengths"]
     width = batch["input_features"].shape[-1]
+    cache = model.encoder.cache
+    per_clip = cache is not None and cache.per_clip
+    mel_run = [int(m) for m in batch["mel_lengths"].tolist()] if per_clip else [width] * len(mel_real)
     unit = model.projector.frame_unit
     trimmed = max(-(-int(encoder_lengths.max()) // unit) * unit, unit)
     per_clip_run = int(model.audio_token_counts(torch.tensor([trimmed]))[0])
@@ -130,31 +148,39 @@ def batch_shapes(model: Any, batch: dict[str, Tensor], mel_real: list[int]) -> S
     labels = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     n = len(counts)
     return StepShapes(
-        [width] * n, list(mel_real), [per_clip_run] * n, counts, [batch["input_ids"].shape[1]] * n, rows, labels
+        mel_run, list(mel_real), [per_clip_run] * n, counts, [batch["input_ids"].shape[1]] * n, rows, labels
     )
 
 
-def step_flops(model: Any, shapes: StepShapes) -> dict[str, dict[str, int]]:
-    """FLOPs per part, as run and useful, for one micro-batch (one forward + backward)."""
+def step_flops(model: Any, shapes: StepShapes, recompute: bool = False) -> dict[str, dict[str, int]]:
+    """FLOPs per part, as run and useful, for one micro-batch (one forward + backward).
+
+    `recompute`: decoder layers checkpointed (training.gradient_checkpointing), so "as run" counts
+    their forward again in the backward; "useful" counts it once.
+    """
     enc, n_mels = encoder_shape(model.encoder.module.config)
     llm_config = model.causal_lm.config
     llm = llm_shape(llm_config)
     vocab = model.causal_lm.get_output_embeddings().weight.shape[0]
     projector = _projector_dims(model)
+    trains = any(p.requires_grad for p in model.projector.parameters())
 
-    def parts(mel: list[int], proj: list[int], tokens: list[int]) -> dict[str, int]:
+    def parts(mel: list[int], proj: list[int], tokens: list[int], recomputed: bool) -> dict[str, int]:
         result = {
             "encoder_forward": sum(encoder_forward_flops(enc, n_mels, m) for m in mel),
-            "projector": sum(mlp_projector_train_flops(t, *projector) for t in proj) if projector else 0,
-            "llm": sum(llm.forward_flops(s) + llm.frozen_backward_flops(s) for s in tokens),
+            "projector": sum(mlp_projector_train_flops(t, *projector, trains) for t in proj) if projector else 0,
+            "llm": sum(
+                llm.forward_flops(s) + llm.frozen_backward_flops(s) + (llm.recomputed_flops(s) if recomputed else 0)
+                for s in tokens
+            ),
             "lm_head": lm_head_train_flops(shapes.label_tokens, llm.hidden, vocab),
         }
         result["total"] = sum(result.values())
         return result
 
     return {
-        "as_run": parts(shapes.mel_frames_run, shapes.projector_tokens_run, shapes.llm_tokens_run),
-        "useful": parts(shapes.mel_frames_real, shapes.projector_tokens_real, shapes.llm_tokens_real),
+        "as_run": parts(shapes.mel_frames_run, shapes.projector_tokens_run, shapes.llm_tokens_run, recompute),
+        "useful": parts(shapes.mel_frames_real, shapes.projector_tokens_real, shapes.llm_tokens_real, False),
     }
 
 

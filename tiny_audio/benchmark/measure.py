@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from tiny_audio.benchmark.counted import counted_step_flops
 from tiny_audio.benchmark.flops import batch_shapes, step_flops
 from tiny_audio.config import Config
 from tiny_audio.data.collator import collator_for
@@ -128,6 +129,7 @@ def measure(
     totals = defaultdict(float)
     flops: dict[str, dict[str, float]] = {"as_run": defaultdict(float), "useful": defaultdict(float)}
     first_step_end = None
+    timed_inputs = []
     batches: Iterator[dict[str, Any]] = iter(loader(samples, collate, batch_size, workers))
     for index in range(len(samples) // batch_size):
         wait_start = parts.now()
@@ -146,6 +148,7 @@ def measure(
         first_step_end = first_step_end or end
         if index < warmup:
             continue
+        timed_inputs.append(inputs)
         timings["step"].append(end - start)
         timings["data_wait"].append(start - wait_start)
         for name in ("encoder_forward", "projector_forward", "llm_forward"):
@@ -155,7 +158,7 @@ def measure(
         timings["optimizer"].append(end - backward_end)
         mel_real = [len(s["audio"]) // hop for s in samples[index * batch_size : (index + 1) * batch_size]]
         shapes = batch_shapes(model, batch, mel_real)
-        for kind, values in step_flops(model, shapes).items():
+        for kind, values in step_flops(model, shapes, recompute=args.gradient_checkpointing).items():
             for part, value in values.items():
                 flops[kind][part] += value
         totals["samples"] += len(batch["texts"])
@@ -169,6 +172,9 @@ def measure(
     steps = len(timings["step"])
     if steps == 0:
         raise ValueError(f"no timed steps: {len(samples) // batch_size} steps for {warmup} warm-up steps; add --steps")
+    # What the timed steps ran, counted op by op on the same batches after the timing.
+    counted = sum(counted_step_flops(model, inputs, bf16_autocast(cfg, device)) for inputs in timed_inputs)
+    flops["counted"] = {"total": counted}
     seconds = sum(timings["step"]) + sum(timings["data_wait"])
     step_rate = totals["samples"] / seconds
     loader_rate = loader_throughput(samples, collate, batch_size, workers)
@@ -176,7 +182,7 @@ def measure(
     evaluation = None
     if eval_samples:
         evaluation = _evaluate(model, cfg, collate, eval_samples, eval_new_tokens, device)
-    as_run, useful = flops["as_run"]["total"] / seconds, flops["useful"]["total"] / seconds
+    as_run, useful = counted / seconds, flops["useful"]["total"] / seconds
     return {
         "_first_step_end": first_step_end,  # perf_counter time, for the launch-to-first-step figure
         "samples_per_second": step_rate,
@@ -202,6 +208,7 @@ def measure(
         "time_breakdown_seconds_per_step": {name: sum(timings[name]) / steps for name in PHASES},
         "flops_per_step": {kind: {k: v / steps for k, v in values.items()} for kind, values in flops.items()},
         "flops_per_second": {"as_run": as_run, "useful": useful},
+        "flops_counted_over_formula": counted / flops["as_run"]["total"],
         "device": str(device),
         "steps": steps,
         "warmup": warmup,

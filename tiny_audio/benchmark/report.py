@@ -56,6 +56,10 @@ ROWS: list[tuple[str, Any]] = [
         for part in ("encoder_forward", "projector", "llm", "lm_head", "total")
     ],
     (
+        "FLOP counted (/formula)",
+        lambda r: f"{_g(r['flops_per_step']['counted']['total'])} ({r['flops_counted_over_formula']:.2f})",
+    ),
+    (
         "FLOP/s as run",
         lambda r: f"{_g(r['flops_per_second']['as_run'])} ({r['fraction_of_matmul_ceiling']['as_run']:.0%})",
     ),

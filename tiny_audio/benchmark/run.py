@@ -59,13 +59,19 @@ def run_benchmark(
         result["config"] = _describe(run_cfg, samples_seconds=(min_seconds, max_seconds))
         result["projected_course_stage1_hours"] = COURSE_STAGE1_SAMPLES / result["samples_per_second"] / 3600
         runs.append(result)
-    ceiling = matmul_ceiling(device, seconds=ceiling_seconds)
+    precision = matmul_precision(cfg, device)
+    ceiling, tf32 = matmul_ceiling(device, seconds=ceiling_seconds, tf32=cfg.training.tf32, extra=(precision,))
     for result in runs:
-        peak = ceiling["bfloat16" if result["config"]["bf16"] else "float32"]
+        peak = ceiling[result["config"]["matmul_dtype"]]
         result["fraction_of_matmul_ceiling"] = {k: v / peak for k, v in result["flops_per_second"].items()}
-        # The step time if every FLOP it runs went at the matmul ceiling: no step here can beat it.
-        result["step_seconds"]["at_ceiling"] = result["flops_per_step"]["as_run"]["total"] / peak
-    report = {"machine": _machine(device), "matmul_ceiling_flops_per_second": ceiling, "runs": runs}
+        # The step time if every FLOP it runs (as counted) went at the matmul ceiling: no step here can beat it.
+        result["step_seconds"]["at_ceiling"] = result["flops_per_step"]["counted"]["total"] / peak
+    report = {
+        "machine": _machine(device),
+        "matmul_ceiling_flops_per_second": ceiling,
+        "matmul_ceiling_tf32": tf32,
+        "runs": runs,
+    }
     log(format_table(report))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +98,16 @@ def _measure_fresh(
     return result
 
 
+def matmul_precision(cfg: Config, device: torch.device) -> str:
+    """The dtype the step's matmuls run in, from the resolved precision: bf16 under autocast, else the
+    frozen weights' dtype (`cfg` as resolve_precision returns it: fp32 on a CPU without native bf16)."""
+    autocast = cfg.training.bf16 and (device.type == "cuda" or cfg.model.dtype == "bfloat16")
+    return "bfloat16" if autocast else cfg.model.dtype
+
+
 def _describe(cfg: Config, samples_seconds: tuple[float, float]) -> dict[str, Any]:
     m, t = cfg.model, cfg.training
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {
         "experiment": cfg.experiment,
         "audio_model_id": m.audio_model_id,
@@ -102,6 +116,8 @@ def _describe(cfg: Config, samples_seconds: tuple[float, float]) -> dict[str, An
         "encoder_padding": m.encoder_padding,
         "dtype": m.dtype,
         "bf16": t.bf16 and (torch.cuda.is_available() or m.dtype == "bfloat16"),
+        "matmul_dtype": matmul_precision(cfg, device),
+        "tf32": t.tf32,
         "batch_size": t.per_device_train_batch_size,
         "trainable": {"projector": m.projector_trainable, "lora": m.lora.enabled},
         "gradient_checkpointing": t.gradient_checkpointing,

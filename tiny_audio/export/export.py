@@ -34,6 +34,7 @@ from tiny_audio.export.portable import write_portable_modules
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import LORA_DIR, MODEL_CONFIG_FILE, PROJECTOR_FILE, read_model_config
 from tiny_audio.model.encoder import encoder_layout, load_audio_encoder
+from tiny_audio.quiet import peft_wrapping
 
 HUB_CODE_DIR = Path(__file__).resolve().parent / "hub_code"
 MODEL_TYPE = "tiny_audio"
@@ -202,7 +203,9 @@ def _trained_llm(cfg: ModelConfig, checkpoint: Path) -> torch.nn.Module:
 def _merged_llm(cfg: ModelConfig, adapter: Path, base: torch.nn.Module | None = None) -> torch.nn.Module:
     """The LLM (`base`, else the id's) with W + (alpha/r)·BA folded into its weights: no PEFT at inference,
     same outputs up to rounding."""
-    return PeftModel.from_pretrained(base if base is not None else _load_llm(cfg), str(adapter)).merge_and_unload()
+    llm = base if base is not None else _load_llm(cfg)
+    with peft_wrapping():
+        return PeftModel.from_pretrained(llm, str(adapter)).merge_and_unload()
 
 
 def _save_encoder(cfg: ModelConfig, directory: Path) -> None:

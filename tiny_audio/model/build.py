@@ -26,6 +26,7 @@ from tiny_audio.model.projectors import build_projector
 from tiny_audio.model.scale import token_embedding_rms
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.prompts import AUDIO_TOKEN
+from tiny_audio.quiet import peft_wrapping
 
 MODEL_CONFIG_FILE = "tiny_audio_model.json"
 # Decoder settings that change logits after the LM head (Gemma 2/3 soft-capping, Cohere and Granite
@@ -66,7 +67,8 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
             target_modules=list(cfg.lora.target_modules),
             task_type="CAUSAL_LM",
         )
-        llm = get_peft_model(llm, lora)
+        with peft_wrapping():
+            llm = get_peft_model(llm, lora)
     model = SpeechLLM(encoder, projector, llm, tokenizer, cfg)
     model.decoder_changed = cfg.decoder_trainable
     return model

@@ -18,6 +18,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from torch import nn
 
+from tiny_audio.quiet import peft_wrapping
+
 FILE_PATTERN = "decoder{suffix}.safetensors"
 SINGLE_FILE = "decoder.safetensors"
 INDEX_FILE = "decoder.safetensors.index.json"
@@ -85,7 +87,8 @@ def merge_lora(lm: nn.Module, adapter: Path) -> None:
     their trainability: PEFT would otherwise leave every base weight frozen.
     """
     trainable = {id(p): p.requires_grad for p in lm.parameters()}
-    merged = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
+    with peft_wrapping():
+        merged = PeftModel.from_pretrained(lm, str(adapter)).merge_and_unload()
     if merged is not lm or {id(p) for p in lm.parameters()} != set(trainable):
         raise RuntimeError(f"merging the LoRA adapter {adapter} replaced the decoder's parameters")
     for parameter in lm.parameters():

@@ -17,6 +17,7 @@ from tiny_audio.data.bucketing import bucketed
 from tiny_audio.data.collator import collator_for
 from tiny_audio.data.stream import build_train_stream
 from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.quiet import stateful_loader
 from tiny_audio.training.optim import loader_speedups
 
 
@@ -33,13 +34,14 @@ def build_train_loader(
         seed=cfg.data.seed,
         rank=rank,
     )
-    return StatefulDataLoader(
-        stream,
-        batch_size=batch_size,
-        collate_fn=collate,
-        num_workers=cfg.data.num_workers,
-        **loader_speedups(cfg.data.num_workers),
-    )
+    with stateful_loader():
+        return StatefulDataLoader(
+            stream,
+            batch_size=batch_size,
+            collate_fn=collate,
+            num_workers=cfg.data.num_workers,
+            **loader_speedups(cfg.data.num_workers),
+        )
 
 
 def train_collator(cfg: Config, model: SpeechLLM, collator_for: Callable[..., Any] = collator_for) -> Any:
