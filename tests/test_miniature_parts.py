@@ -186,3 +186,22 @@ def test_adam_settings_reach_the_optimizer(tiny_run_config, tmp_path: Path) -> N
     cfg = tiny_run_config(data, max_steps=1, adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6)
     run(cfg, callbacks=[Grab()], log=lambda _: None)
     assert seen["betas"] == (0.8, 0.95) and seen["eps"] == 1e-6
+
+
+def test_a_course_folder_trained_with_other_settings_is_refused_not_reused(tmp_path: Path) -> None:
+    from tiny_audio.miniature.course import STAGE_RECORD, CourseMismatch, claim_stage_folder
+    from tiny_audio.training import checkpoints
+
+    stage = tmp_path / "course" / "stage1-mlp"
+    ours = ["+experiments=mlp", "model.audio_model_id=/cache/v2/glm-asr"]
+    claim_stage_folder(stage, ours)
+    (stage / "checkpoint-100").mkdir()
+    (stage / "checkpoint-100" / checkpoints.STATE_FILE).write_text("{}")
+    claim_stage_folder(stage, ours)  # the same course again: kept, resumed or reused
+    assert json.loads((stage / STAGE_RECORD).read_text()) == ours
+    newer = ["+experiments=mlp", "model.audio_model_id=/cache/v3/glm-asr"]
+    with pytest.raises(CourseMismatch, match=r"model.audio_model_id=/cache/v2.*pass --out DIR"):
+        claim_stage_folder(stage, newer)
+    (stage / STAGE_RECORD).unlink()  # a folder from before the record existed
+    with pytest.raises(CourseMismatch, match="another version of the course"):
+        claim_stage_folder(stage, ours)

@@ -35,6 +35,7 @@ def course_command(
     from tiny_audio.miniature.cache import CacheError, cache_root
     from tiny_audio.miniature.course import (
         CourseInterrupted,
+        CourseMismatch,
         CourseSettings,
         run_course,
         summary_table,
@@ -62,6 +63,9 @@ def course_command(
     except CourseInterrupted as error:
         typer.echo(f"\n{error}", err=True)
         raise typer.Exit(130) from None
+    except CourseMismatch as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     seconds = time.perf_counter() - started
     plot, summary = write_outputs(results, miniature, Path(out), seconds)
     typer.echo("\n" + summary_table(results))

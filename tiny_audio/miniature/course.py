@@ -133,6 +133,36 @@ class CourseInterrupted(RuntimeError):
     """A stage stopped early (Ctrl+C or SIGTERM); its checkpoint is saved and the course resumes from it."""
 
 
+class CourseMismatch(RuntimeError):
+    """A stage folder holds training done with other settings or stand-ins: reusing it would mix two courses."""
+
+
+STAGE_RECORD = "course-stage.json"  # the overrides a stage folder's checkpoints were trained with
+
+
+def claim_stage_folder(output_dir: Path, overrides: list[str]) -> None:
+    """Refuse a folder whose checkpoints came from other overrides (another --set, newer stand-ins), then record ours.
+
+    Without this, `ta course --set ...` into the same --out would silently reuse the earlier
+    stages, and a course run after an upgrade would resume from checkpoints of other stand-ins.
+    """
+    record = output_dir / STAGE_RECORD
+    if checkpoints.latest_checkpoint(output_dir) is not None:
+        saved = json.loads(record.read_text()) if record.is_file() else None
+        if saved != overrides:
+            differ = (
+                ["no record: another version of the course"]
+                if saved is None
+                else sorted(set(overrides) ^ set(saved))[:2]
+            )
+            raise CourseMismatch(
+                f"{output_dir} holds a stage trained with other settings or stand-ins ({'; '.join(differ)}): "
+                f"delete {output_dir.parent} or pass --out DIR to train this course elsewhere"
+            )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(overrides, indent=1) + "\n")
+
+
 def run_course(
     miniature: Miniature, settings: CourseSettings, out_dir: Path, log: Callable[[str], None] = print
 ) -> list[StageResult]:
@@ -143,10 +173,11 @@ def run_course(
         output_dir = out_dir / f"stage{number}-{stage.experiment}"
         final = output_dir / f"checkpoint-{stage.steps}"
         seconds = 0.0
+        overrides = stage_overrides(miniature, settings, stage, output_dir)
+        claim_stage_folder(output_dir, overrides)
         if checkpoints.is_complete(final):
             log(f"\n=== {stage.name[:1].upper()}{stage.name[1:]}: already trained ({final}) ===")
         else:
-            overrides = stage_overrides(miniature, settings, stage, output_dir)
             if checkpoints.latest_checkpoint(output_dir) is not None:
                 overrides.append("training.resume_from_checkpoint=latest")  # an interrupted run of this stage
             elif previous is not None:
