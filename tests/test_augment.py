@@ -96,7 +96,7 @@ def test_the_course_passes_augmentation_to_every_stage(tmp_path: Path) -> None:
     from tiny_audio.miniature.course import CourseSettings, stage_overrides
     from tiny_audio.miniature.standins import Miniature
 
-    miniature = Miniature(tmp_path, tmp_path / "speech", tmp_path / "qwen3", tmp_path / "glm-asr")
+    miniature = Miniature(tmp_path, tmp_path / "speech", tmp_path / "qwen3", tmp_path / "glm-asr", tmp_path / "robust")
     extra = ("data.augment.noise.prob=0.5", "data.augment.non_speech.prob=0.05")
     settings = CourseSettings(extra_overrides=extra)
     for stage in settings.stages:

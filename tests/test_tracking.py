@@ -126,7 +126,9 @@ def test_wandb_without_login_or_terminal_fails_with_the_fix(
     cfg = tiny_run_config(tmp_path / "no-data-needed", report_to="wandb")
     lines: list[str] = []
     results = run_preflight(cfg, log=lines.append)
-    assert [r.name for r in results] == ["config", "tracker"] and not results[-1].ok
+    assert [r.name for r in results][-1] == "tracker" and not results[-1].ok
+    assert [r.name for r in results if not r.ok] == ["tracker"]  # stopped there, before models or data
+    assert not {"models", "dataset"} & {r.name for r in results}
     assert lines[-1].startswith("✗ tracker: training.report_to=wandb but W&B is not logged in")
 
 
