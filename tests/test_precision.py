@@ -114,3 +114,23 @@ def test_preflight_alone_reports_the_fallback_and_why(
     results = run_preflight(cfg, log=lines.append)
     check = next(r for r in results if r.name == "precision")
     assert check.ok and check.detail.startswith("float32 weights, no autocast on cpu; Precision: float32 instead")
+
+
+def test_a_saved_bf16_model_loads_in_float32_on_a_cpu_that_would_emulate_it(tiny_model_config, tmp_path: Path) -> None:
+    from tiny_audio.model.build import build_model, load_pretrained, save_pretrained
+
+    save_pretrained(build_model(tiny_model_config(dtype="bfloat16")), tmp_path / "saved")
+    lines: list[str] = []
+    emulating = load_pretrained(str(tmp_path / "saved"), device="cpu", log=lines.append, native=frozenset())
+    assert {p.dtype for p in emulating.llm.parameters()} == {torch.float32}
+    assert {p.dtype for p in emulating.encoder.parameters()} == {torch.float32}
+    assert len(lines) == 1 and "Loading: float32 instead of model.dtype=bfloat16" in lines[0]
+    assert "load_pretrained(..., dtype=...)" in lines[0]
+    # Where the CPU runs bf16 natively, or when asked for it, the saved precision stands, silently.
+    native = load_pretrained(str(tmp_path / "saved"), device="cpu", log=lines.append, native=frozenset({"bfloat16"}))
+    forced = load_pretrained(
+        str(tmp_path / "saved"), device="cpu", log=lines.append, native=frozenset(), dtype="bfloat16"
+    )
+    for model in (native, forced):
+        assert torch.bfloat16 in {p.dtype for p in model.llm.parameters()}
+    assert len(lines) == 1

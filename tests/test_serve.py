@@ -267,3 +267,20 @@ def test_serve_bench_refuses_too_few_requests_before_starting_a_server(tmp_path:
     with pytest.raises(ValueError, match=r"total=100 must be at least warmup \+ clients × uploads = 180"):
         run_bench("unused", tmp_path, clients=16, uploads=10, warmup=20, total=100)
     assert not (tmp_path / "clips").exists()
+
+
+def test_a_bf16_export_is_served_in_float32_on_a_cpu_that_would_emulate_it(
+    tiny_model_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from tiny_audio import hardware
+    from tiny_audio.export.export import export_model
+    from tiny_audio.serve.app import load
+
+    checkpoint = save_tiny_model(lambda: tiny_model_config(dtype="bfloat16"), tmp_path / "checkpoint-1")
+    exported = export_model(checkpoint, tmp_path / "export").directory
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    asr = load(str(exported))
+    assert {p.dtype for p in asr.model.parameters()} == {torch.float32}
+    assert "Serving: float32 instead of model.dtype=bfloat16" in capsys.readouterr().err

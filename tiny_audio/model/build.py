@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from tiny_audio.config import ModelConfig
+from tiny_audio.hardware import cpu_runs_natively, emulated_reason
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.encoder import EncoderCache, load_audio_encoder
 from tiny_audio.model.projectors import build_projector
@@ -34,6 +37,10 @@ MODEL_CONFIG_FILE = "tiny_audio_model.json"
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 PROJECTOR_FILE = "projector.safetensors"
 LORA_DIR = "lora"
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)  # stdout may be a transcript
 
 
 def build_model(cfg: ModelConfig) -> SpeechLLM:
@@ -138,10 +145,18 @@ def read_model_config(directory: Path) -> ModelConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
-def load_pretrained(path_or_id: str, device: str | None = None, **overrides: object) -> SpeechLLM:
+def load_pretrained(
+    path_or_id: str,
+    device: str | None = None,
+    log: Callable[[str], None] = _to_stderr,
+    native: frozenset[str] | None = None,
+    **overrides: object,
+) -> SpeechLLM:
     """Load a saved model (a directory, a checkpoint directory or a hub repo id) for inference.
 
     It goes to `device`, by default the GPU when there is one: `ta eval` on a pod should not decode on its CPU.
+    On a CPU that would emulate the saved half precision it loads in float32 (one line to `log` says so),
+    unless `dtype` is among the overrides; `native` stands in for this CPU's native dtypes.
     """
     directory = Path(path_or_id)
     if not directory.is_dir():
@@ -149,11 +164,15 @@ def load_pretrained(path_or_id: str, device: str | None = None, **overrides: obj
     if not (directory / MODEL_CONFIG_FILE).exists():
         raise FileNotFoundError(f"{path_or_id} holds no {MODEL_CONFIG_FILE}: not a saved tiny-audio model")
     cfg = dataclasses.replace(read_model_config(directory), **overrides)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cpu" and "dtype" not in overrides and not cpu_runs_natively(cfg.dtype, native):
+        log(emulated_reason(cfg.dtype, "Loading", "load_pretrained(..., dtype=...)"))
+        cfg = dataclasses.replace(cfg, dtype="float32")
     model = build_model(cfg)
     load_weights(model, directory)
     if cfg.decoder_trainable:  # trained in float32 master weights; inference runs in model.dtype, as exports do
         model.causal_lm.to(getattr(torch, cfg.dtype))
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return model.to(device).eval()
 
 
 def parameter_counts(model: SpeechLLM) -> dict[str, tuple[int, int]]:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
-from transformers import pipeline
+import torch
+from transformers import AutoConfig, pipeline
+
+from tiny_audio.hardware import cpu_runs_natively, emulated_reason
 
 # A Space sets it in its settings, or `ta space` writes the repo id here.
 MODEL_ID = os.environ.get("TINY_AUDIO_MODEL", "")
@@ -62,7 +66,14 @@ def release_freed_memory() -> None:
 
 
 def load(model: str) -> Any:
-    return pipeline("automatic-speech-recognition", model=model, trust_remote_code=True)
+    """The exported pipeline; in float32 on a CPU that would emulate the model's half precision."""
+    options: dict[str, Any] = {}
+    if not torch.cuda.is_available():
+        dtype = AutoConfig.from_pretrained(model, trust_remote_code=True).speech_llm.get("dtype", "float32")
+        if not cpu_runs_natively(dtype):
+            print(emulated_reason(dtype, "Serving", "a GPU or a CPU with native support"), file=sys.stderr)
+            options["dtype"] = torch.float32
+    return pipeline("automatic-speech-recognition", model=model, trust_remote_code=True, **options)
 
 
 def build_demo(
