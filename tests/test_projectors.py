@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from tiny_audio.config import ModelConfig
-from tiny_audio.model.projectors import PROJECTORS, build_projector
+from tiny_audio.model.projectors import build_projector
+from tiny_audio.projector_registry import PROJECTORS
 
 ENCODER_DIM, LLM_DIM = 32, 48
 
@@ -65,6 +66,31 @@ def test_moe_aux_loss_is_scaled_by_coefficient() -> None:
     _, zero = build_projector(cfg, ENCODER_DIM, LLM_DIM)(frames, torch.tensor([40, 40]))
     assert aux.item() > 0
     assert zero.item() == 0
+
+
+# One change to each ModelConfig field a projector's weights might depend on.
+SETTING_CHANGES = {
+    "projector_pool_stride": lambda cfg: setattr(cfg, "projector_pool_stride", 2),
+    "projector_hidden_dim": lambda cfg: setattr(cfg, "projector_hidden_dim", 24),
+    "projector_output_norm": lambda cfg: setattr(cfg, "projector_output_norm", True),
+    "mosa": lambda cfg: setattr(cfg.mosa, "num_experts", 2),
+    "moe": lambda cfg: setattr(cfg.moe, "num_experts", 3),
+    "qformer": lambda cfg: setattr(cfg.qformer, "num_queries", 2),
+}
+
+
+def _weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(value.shape) for name, value in build_projector(cfg, ENCODER_DIM, LLM_DIM).state_dict().items()}
+
+
+@pytest.mark.parametrize("setting", list(SETTING_CHANGES))
+@pytest.mark.parametrize("projector_type", list(PROJECTORS))
+def test_weight_settings_name_exactly_the_settings_that_shape_the_weights(projector_type: str, setting: str) -> None:
+    """Checkpoint compatibility compares these settings: one missing would load weights that do not fit."""
+    changed = small_config(projector_type)
+    SETTING_CHANGES[setting](changed)
+    reshaped = _weight_shapes(changed) != _weight_shapes(small_config(projector_type))
+    assert reshaped == (setting in PROJECTORS[projector_type].weight_settings)
 
 
 def test_unknown_projector_names_the_choices() -> None:

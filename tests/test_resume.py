@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 from tests.data_helpers import write_audiofolder
 from tests.training_helpers import StopAt
-from tiny_audio.config import AugmentConfig, Config, LoraConfig
+from tiny_audio.config import AugmentConfig, Config, LoraConfig, ModelConfig, MoeConfig, MosaConfig
 from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training import run as run_module
@@ -343,6 +344,43 @@ def test_callback_state_survives_a_resume(tiny_run_config, data: Path) -> None:
     second = CountLogs()
     run(cfg, callbacks=[second], log=quiet)
     assert second.count == 8  # 3 restored + 5 more
+
+
+def saved_model_config(directory: Path, cfg: ModelConfig) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "tiny_audio_model.json").write_text(json.dumps(OmegaConf.to_container(OmegaConf.structured(cfg))))
+    return directory
+
+
+def test_a_projector_of_other_settings_is_refused_naming_each_key_and_the_fix(tmp_path: Path) -> None:
+    checkpoint = saved_model_config(
+        tmp_path / "ckpt", ModelConfig(projector_type="mosa", mosa=MosaConfig(num_experts=8))
+    )
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"model.mosa.num_experts=8 \(config: 4\); its projector only fits those, so set "
+        r"model.mosa.num_experts=8 \(",
+    ):
+        checkpoints.check_compatible(checkpoint, ModelConfig(projector_type="mosa"))
+    # Another projector's block does not shape a mosa projector's weights.
+    checkpoints.check_compatible(
+        checkpoint,
+        ModelConfig(
+            projector_type="mosa", mosa=MosaConfig(num_experts=8), moe=MoeConfig(num_experts=2, num_experts_per_tok=1)
+        ),
+    )
+
+
+def test_a_checkpoint_of_another_projector_type_is_refused_naming_the_fix(tmp_path: Path) -> None:
+    checkpoint = saved_model_config(
+        tmp_path / "ckpt", ModelConfig(projector_type="qformer", projector_output_norm=True)
+    )
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError,
+        match=r"model.projector_type='qformer' \(config: 'mlp'\), model.projector_output_norm=True \(config: False\);"
+        r".*set model.projector_type=qformer model.projector_output_norm=true \(",
+    ):
+        checkpoints.check_compatible(checkpoint, ModelConfig())
 
 
 def test_a_checkpoint_of_other_frozen_models_is_refused_naming_both_values(tiny_run_config, tmp_path: Path) -> None:

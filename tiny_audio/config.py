@@ -16,8 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from tiny_audio.projector_registry import PROJECTORS, projector_choices
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PROJECTOR_TYPES = ("mlp", "mosa", "moe", "qformer")
 TRACKERS = ("wandb", "tensorboard", "trackio", "none")
 # transformers' scheduler names (get_scheduler); see tiny_audio/training/optim.py.
 LR_SCHEDULERS = (
@@ -145,10 +146,10 @@ class ModelConfig:
 
     def validate(self, prefix: str = "model") -> None:
         _require(
-            self.projector_type in PROJECTOR_TYPES,
+            self.projector_type in PROJECTORS,
             f"{prefix}.projector_type",
             self.projector_type,
-            f"choose one of {', '.join(PROJECTOR_TYPES)}",
+            f"choose one of {projector_choices()}",
         )
         _require(self.projector_pool_stride >= 1, f"{prefix}.projector_pool_stride", self.projector_pool_stride, ">= 1")
         _require(self.projector_hidden_dim >= 1, f"{prefix}.projector_hidden_dim", self.projector_hidden_dim, ">= 1")

@@ -20,6 +20,7 @@ PORTABLE_MODULES: dict[str, str] = {
     "tiny_audio.data.audio": "tiny_audio_audio",
     "tiny_audio.data.collator": "tiny_audio_collator",
     "tiny_audio.model.encoder": "tiny_audio_encoder",
+    "tiny_audio.projector_registry": "tiny_audio_projector_registry",
     "tiny_audio.model.projectors": "tiny_audio_projectors",
     "tiny_audio.model.speech_llm": "tiny_audio_speech_llm",
     "tiny_audio.evaluation": "tiny_audio_evaluation",

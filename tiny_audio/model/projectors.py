@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from tiny_audio.config import ModelConfig
+from tiny_audio.projector_registry import projector_spec
 
 
 def stack_frames(x: Tensor, stride: int) -> Tensor:
@@ -190,14 +191,6 @@ class QFormerProjector(nn.Module):
         return self.out(hidden), None
 
 
-PROJECTORS: dict[str, type[nn.Module]] = {
-    "mlp": MLPProjector,
-    "mosa": MOSAProjector,
-    "moe": MoEProjector,
-    "qformer": QFormerProjector,
-}
-
-
 class OutputNormProjector(nn.Module):
     """A projector followed by an RMSNorm whose gain starts at the LLM's token-embedding RMS."""
 
@@ -221,9 +214,6 @@ class OutputNormProjector(nn.Module):
 
 def build_projector(cfg: ModelConfig, encoder_dim: int, llm_dim: int, embedding_rms: float = 1.0) -> nn.Module:
     """The configured projector; with `cfg.projector_output_norm`, its output normalised to `embedding_rms`."""
-    try:
-        projector_class = PROJECTORS[cfg.projector_type]
-    except KeyError:
-        raise ValueError(f"unknown projector '{cfg.projector_type}'; choose one of {', '.join(PROJECTORS)}") from None
+    projector_class: type[nn.Module] = globals()[projector_spec(cfg.projector_type).builder]
     projector = projector_class(encoder_dim, llm_dim, cfg)
     return OutputNormProjector(projector, llm_dim, embedding_rms) if cfg.projector_output_norm else projector

@@ -12,6 +12,7 @@ import os
 import random
 import re
 import shutil
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,15 @@ import torch
 from tiny_audio.config import ModelConfig
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import read_model_config
+from tiny_audio.projector_registry import PROJECTORS
 from tiny_audio.training.disk import disk_full_error, is_disk_full
 
 STATE_FILE = "trainer_state.json"
 TRAINING_STATE_FILE = "training_state.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-# Settings that shape the projector's weights; a checkpoint only loads into the same ones.
-PROJECTOR_SETTINGS = ("projector_type", "projector_pool_stride", "projector_hidden_dim")
+# The frozen models and how they see audio: a projector (and a trained decoder) only fits the ones it
+# was trained with.
+FROZEN_MODEL_SETTINGS = ("audio_model_id", "text_model_id", "encoder_padding")
 
 
 class CheckpointMismatchError(ValueError):
@@ -35,8 +38,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def check_compatible(checkpoint: Path, wanted: ModelConfig) -> None:
-    """Fail in one line, before any tensor is copied, when the saved projector differs from the config
-    or the saved decoder weights are incomplete (a shard named by the index is missing)."""
+    """Fail in one line, before any tensor is copied, when the saved weights cannot continue into `wanted`:
+    decoder weights incomplete (a shard named by the index is missing), a projector of other settings, or
+    weights trained on other frozen models. The line names each differing key, both values and the fix."""
     missing = decoder_weights.missing_shards(checkpoint)
     if missing:
         raise CheckpointMismatchError(
@@ -44,16 +48,49 @@ def check_compatible(checkpoint: Path, wanted: ModelConfig) -> None:
             f"{decoder_weights.INDEX_FILE} not found; copy the whole checkpoint directory"
         )
     saved = read_model_config(checkpoint)
-    keys = [*PROJECTOR_SETTINGS]
-    if wanted.projector_type in ("mosa", "moe", "qformer"):
-        keys.append(wanted.projector_type)
-    differ = [k for k in keys if getattr(saved, k) != getattr(wanted, k)]
-    if differ:
-        found = ", ".join(f"model.{k}={getattr(saved, k)!r} (config: {getattr(wanted, k)!r})" for k in differ)
-        raise CheckpointMismatchError(
-            f"{checkpoint} holds a different projector: {found}; set the same values (e.g. in your stage-2 "
-            "experiment file) to continue from it"
+    # Both projectors' settings: after switching model.projector_type back, the rest must match too.
+    types = [name for name in dict.fromkeys((saved.projector_type, wanted.projector_type)) if name in PROJECTORS]
+    settings = dict.fromkeys(setting for name in types for setting in PROJECTORS[name].weight_settings)
+    differ = _differing(saved, wanted, [*settings, *FROZEN_MODEL_SETTINGS])
+    if not differ:
+        return
+    found = ", ".join(f"model.{key}={before!r} (config: {now!r})" for key, (before, now) in differ.items())
+    fix = " ".join(f"model.{key}={_override_value(before)}" for key, (before, _) in differ.items())
+    frozen_models_differ = any(key in FROZEN_MODEL_SETTINGS for key in differ)
+    if frozen_models_differ and decoder_weights.has_decoder(checkpoint):
+        fits = "projector and decoder weights only fit"
+    else:
+        fits = "projector only fits"
+    raise CheckpointMismatchError(
+        f"{checkpoint} was trained with {found}; its {fits} those, so set {fix} (e.g. in your stage-2 "
+        "experiment file) to continue from it"
+    )
+
+
+def _differing(saved: ModelConfig, wanted: ModelConfig, settings: list[str]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (saved value, wanted value) for each differing one."""
+    differ = {}
+    for setting in settings:
+        saved_leaves, wanted_leaves = (
+            _leaves(setting, getattr(saved, setting)),
+            _leaves(setting, getattr(wanted, setting)),
         )
+        pairs = zip(saved_leaves, wanted_leaves, strict=True)
+        differ.update({key: (before, now) for (key, before), (_, now) in pairs if before != now})
+    return differ
+
+
+def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
+    """A setting as dotted override keys: a projector's block (model.mosa) by each of its fields."""
+    if is_dataclass(value):
+        return [(f"{key}.{f.name}", getattr(value, f.name)) for f in fields(value)]
+    return [(key, value)]
+
+
+def _override_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def is_complete(directory: Path) -> bool:

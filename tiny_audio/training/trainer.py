@@ -24,8 +24,7 @@ from accelerate.utils import gather_object, send_to_device
 
 from tiny_audio.config import Config
 from tiny_audio.data.skips import SkipLedger, add_counts, summarize
-from tiny_audio.model import decoder_weights
-from tiny_audio.model.build import load_weights, read_model_config, save_pretrained
+from tiny_audio.model.build import load_weights, save_pretrained
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM, count_targets
 from tiny_audio.training import checkpoints
 from tiny_audio.training.optim import build_optimizer, build_scheduler, parameter_groups
@@ -43,10 +42,6 @@ def bf16_autocast(cfg: Config, device: torch.device) -> torch.autocast:
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-# The frozen models and how they see audio: a projector only fits the ones it was trained with.
-FROZEN_SETTINGS = ("audio_model_id", "text_model_id", "encoder_padding")
 
 
 @dataclass
@@ -133,7 +128,6 @@ class Trainer:
         saved = checkpoints.read_trainer_state(checkpoint)
         model = self.accelerator.unwrap_model(self.model)
         checkpoints.check_compatible(checkpoint, self.cfg.model)
-        self._check_same_frozen_models(checkpoint)
         if saved.get("trainable") == self.trainable_components():
             self._check_same_layout(checkpoint, saved)
             load_weights(model, checkpoint)
@@ -161,20 +155,6 @@ class Trainer:
             f"now training {', '.join(k for k, v in self.trainable_components().items() if v)} "
             "with a fresh optimizer and schedule."
         )
-
-    def _check_same_frozen_models(self, checkpoint: Path) -> None:
-        saved = read_model_config(checkpoint)
-        differ = [k for k in FROZEN_SETTINGS if getattr(saved, k) != getattr(self.cfg.model, k)]
-        if differ:
-            found = ", ".join(
-                f"model.{k}={getattr(saved, k)!r} (config: {getattr(self.cfg.model, k)!r})" for k in differ
-            )
-            fix = " ".join(f"model.{k}={getattr(saved, k)}" for k in differ)
-            trained_decoder = decoder_weights.has_decoder(checkpoint)
-            fits = "projector and decoder weights only fit" if trained_decoder else "projector only fits"
-            raise checkpoints.CheckpointMismatchError(
-                f"{checkpoint} was trained with {found}; its {fits} those, so set {fix} to continue from it"
-            )
 
     def _check_same_layout(self, checkpoint: Path, saved: dict[str, Any]) -> None:
         """The data position of each loader worker on each rank only fits the same layout."""
