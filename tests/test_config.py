@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from omegaconf import DictConfig, OmegaConf
 
 from tiny_audio.compose import load_config
-from tiny_audio.config import CONFIG_DIR, ConfigError
+from tiny_audio.config import CONFIG_DIR, ConfigError, DataConfig, ModelConfig, TrainingConfig
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiments").glob("*.yaml"))
@@ -31,6 +34,41 @@ def test_course_defaults() -> None:
     assert (m.projector_type, m.projector_pool_stride) == ("mlp", 5)
     assert cfg.data.datasets[0].path == "speechbrain/LoquaciousSet"
     assert (cfg.data.datasets[0].audio_column, cfg.data.datasets[0].name) == ("wav", "medium")
+
+
+def _drift(yaml_node: Any, default: Any, prefix: str) -> list[str]:
+    """Each key of `yaml_node` whose value differs from the dataclass default, with both values."""
+    found = []
+    for key, value in yaml_node.items():
+        full, expected = f"{prefix}.{key}", getattr(default, str(key))
+        if dataclasses.is_dataclass(expected) and isinstance(value, DictConfig):
+            found += _drift(value, expected, full)
+            continue
+        plain = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if dataclasses.is_dataclass(expected):
+            expected = dataclasses.asdict(expected)
+        if plain != expected:
+            found.append(f"{full}: {plain!r} in the YAML, {expected!r} in the dataclass")
+    return found
+
+
+# Each YAML that repeats a schema's defaults, its section in that file and the dataclass that owns them.
+# data.datasets is left out: the course's data file names its own dataset there, which has no default.
+REPEATED_DEFAULTS = [
+    ("config.yaml", "model", ModelConfig()),
+    ("training/default.yaml", None, TrainingConfig()),
+    ("data/loquacious.yaml", None, DataConfig()),
+]
+
+
+@pytest.mark.parametrize(("file", "section", "default"), REPEATED_DEFAULTS)
+def test_yaml_defaults_match_the_dataclasses(file: str, section: str | None, default: Any) -> None:
+    """The dataclasses hold the defaults; the YAML repeats them for the reader and must not drift from them."""
+    node = OmegaConf.load(CONFIG_DIR / file)
+    node = node[section] if section else node
+    prefix = section or file.split("/")[0]
+    node = OmegaConf.masked_copy(node, [k for k in node if k not in ("defaults", "datasets")])
+    assert _drift(node, default, prefix) == []
 
 
 def test_stages_declare_what_trains() -> None:
