@@ -18,9 +18,10 @@ from huggingface_hub import HfApi, constants
 from safetensors.torch import load_file
 
 from tests.data_helpers import write_audiofolder
+from tiny_audio.hub_token import scrub_token
 from tiny_audio.model.build import PROJECTOR_FILE, load_pretrained
 from tiny_audio.recipe.run import run
-from tiny_audio.training.hub import STAGING_DIR, HubPushCallback, scrub_token
+from tiny_audio.training.hub import STAGING_DIR, HubPushCallback
 
 SECRET = "hf_TestOnlySecretToken0123456789"
 
