@@ -2,7 +2,7 @@
 
 import sys
 
-from tiny_audio.training.run import main
+from tiny_audio.recipe.run import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -30,9 +30,9 @@ from tiny_audio.data.effect_files import EffectFilesError, require_effect_dirs
 from tiny_audio.data.stream import build_train_stream
 from tiny_audio.model.build import build_model
 from tiny_audio.model.speech_llm import IGNORE_INDEX
+from tiny_audio.recipe.run import run
 from tiny_audio.training.loaders import AugmentingCollate
 from tiny_audio.training.metrics_file import read_metrics
-from tiny_audio.training.run import run
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000

@@ -25,11 +25,11 @@ from tiny_audio.config import Config, ConfigError, DatasetConfig, RemoteConfig
 from tiny_audio.data import remote
 from tiny_audio.data.cursor import SourceCursor
 from tiny_audio.data.sources import COMMON_FEATURES, train_records
+from tiny_audio.recipe.run import run
 from tiny_audio.training import checkpoints
 from tiny_audio.training.data_host import DataHostDownError
 from tiny_audio.training.loaders import build_train_loader
 from tiny_audio.training.preflight import run_preflight
-from tiny_audio.training.run import run
 from tiny_audio.training.trainer import Callback, Trainer
 
 quiet = lambda _: None  # noqa: E731

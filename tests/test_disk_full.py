@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from tests.data_helpers import write_audiofolder
 from tiny_audio import compose
 from tiny_audio.model.build import PROJECTOR_FILE
+from tiny_audio.recipe import run as run_module
 from tiny_audio.training import checkpoints
-from tiny_audio.training import run as run_module
 from tiny_audio.training.disk import DiskFullError
 from tiny_audio.training.hub import STAGING_DIR, HubPushCallback
 from tiny_audio.training.trainer import Callback, Trainer

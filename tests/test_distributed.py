@@ -33,7 +33,7 @@ import torch
 from omegaconf import OmegaConf
 from tiny_audio.config import to_config
 from tiny_audio.model.speech_llm import SpeechLLM
-from tiny_audio.training import run as run_module
+from tiny_audio.recipe import run as run_module
 from tiny_audio.training.trainer import Callback, Trainer
 
 out = Path(sys.argv[2])

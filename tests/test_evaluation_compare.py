@@ -30,7 +30,7 @@ from tiny_audio.evaluation.normalize import raw
 from tiny_audio.evaluation.registry import ESB, GROUPS, TEST_SETS, TestSet, UnknownTestSet, resolve
 from tiny_audio.evaluation.report import RATES, details_table, results_json, wer_table, worst_samples
 from tiny_audio.evaluation.wer import score
-from tiny_audio.training.run import run
+from tiny_audio.recipe.run import run
 
 ROW_KEYS = {
     "model",

@@ -25,7 +25,7 @@ from tiny_audio.evaluation.normalize import normalize
 from tiny_audio.evaluation.registry import resolve
 from tiny_audio.evaluation.report import markdown, results_json, wer_vs_step
 from tiny_audio.evaluation.wer import align, is_looping, repeats_characters, score
-from tiny_audio.training.run import run
+from tiny_audio.recipe.run import run
 from tiny_audio.training.trainer import Callback, Trainer
 
 # --- scoring -------------------------------------------------------------------------------------

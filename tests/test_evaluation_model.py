@@ -22,7 +22,7 @@ from tiny_audio.evaluation.cli import app
 from tiny_audio.evaluation.transcribe import decode, transcribe
 from tiny_audio.model.build import build_model
 from tiny_audio.model.speech_llm import SpeechLLM
-from tiny_audio.training.run import run
+from tiny_audio.recipe.run import run
 from tiny_audio.training.trainer import Callback, Trainer
 
 RATE = 16000

@@ -23,7 +23,7 @@ from tiny_audio.evaluation.dataset import load_test_set
 from tiny_audio.evaluation.registry import TestSet
 from tiny_audio.export import push
 from tiny_audio.export.card import EvalResultsError, build_card, read_eval_results
-from tiny_audio.training.run import run
+from tiny_audio.recipe.run import run
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from typing import Any
 
 from tests.data_helpers import write_audiofolder
 from tests.training_helpers import StopAt
+from tiny_audio.recipe.run import run
 from tiny_audio.training.health import EarlyStoppingCallback, OverfittingCallback, PlateauCallback
-from tiny_audio.training.run import run
 from tiny_audio.training.trainer import Callback, TrainState
 
 

@@ -18,9 +18,10 @@ from huggingface_hub import HfApi, constants
 from safetensors.torch import load_file
 
 from tests.data_helpers import write_audiofolder
+from tiny_audio.hub_token import scrub_token
 from tiny_audio.model.build import PROJECTOR_FILE, load_pretrained
-from tiny_audio.training.hub import STAGING_DIR, HubPushCallback, scrub_token
-from tiny_audio.training.run import run
+from tiny_audio.recipe.run import run
+from tiny_audio.training.hub import STAGING_DIR, HubPushCallback
 
 SECRET = "hf_TestOnlySecretToken0123456789"
 
@@ -57,7 +58,7 @@ def test_an_unreachable_hub_warns_once_and_training_finishes(
     assert "could not upload checkpoint-2" in warnings[0] and "after 3 attempts" in warnings[0]
     assert "Training continues" in warnings[0]
     assert hub.failures == 3 and hub.pushed is None
-    # The export of the final model is logged after it (see tiny_audio.export.records).
+    # The export of the final model is logged after it (see tiny_audio.recipe.callbacks).
     final = next(line for line in reversed(lines) if line.startswith("The final model"))
     assert final.startswith("The final model (checkpoint-6) is not on the Hub"), lines[-3:]
     assert not (run_dir / STAGING_DIR).exists() or not any((run_dir / STAGING_DIR).iterdir())

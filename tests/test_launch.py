@@ -6,14 +6,14 @@ import pytest
 from typer.testing import CliRunner
 
 from tiny_audio.cli import app
-from tiny_audio.training.launch import torchrun_command
+from tiny_audio.recipe.launch import torchrun_command
 
 
 def test_one_node_runs_standalone() -> None:
     command = torchrun_command(2, ["+experiments=mlp", "training.max_steps=10"], python="py")
     assert command == [
         "py", "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-        "-m", "tiny_audio.training", "+experiments=mlp", "training.max_steps=10",
+        "-m", "tiny_audio.recipe", "+experiments=mlp", "training.max_steps=10",
     ]  # fmt: skip
 
 
@@ -21,7 +21,7 @@ def test_two_nodes_meet_at_the_rendezvous_endpoint() -> None:
     command = torchrun_command(8, ["+experiments=mlp"], nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500")
     assert "--nnodes=2" in command and "--node_rank=1" in command
     assert "--rdzv_backend=c10d" in command and "--rdzv_endpoint=10.0.0.1:29500" in command
-    assert "--standalone" not in command and command[-3:] == ["-m", "tiny_audio.training", "+experiments=mlp"]
+    assert "--standalone" not in command and command[-3:] == ["-m", "tiny_audio.recipe", "+experiments=mlp"]
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.model.build import build_model
 from tiny_audio.model.scale import StepZeroScale, projector_scale_ratio
 from tiny_audio.model.speech_llm import MODEL_INPUTS
+from tiny_audio.recipe.run import run
 from tiny_audio.training.metrics_file import METRICS_FILE, read_metrics
-from tiny_audio.training.run import run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

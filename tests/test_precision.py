@@ -9,10 +9,10 @@ import torch
 
 from tests.data_helpers import write_audiofolder
 from tiny_audio.config import Config
+from tiny_audio.recipe.run import run
 from tiny_audio.training import precision
 from tiny_audio.training.precision import Precision, choose_precision, native_dtypes, resolve_precision
 from tiny_audio.training.preflight import run_preflight
-from tiny_audio.training.run import run
 from tiny_audio.training.trainer import Callback, Trainer
 
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma"})

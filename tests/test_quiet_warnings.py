@@ -12,7 +12,7 @@ from tests.data_helpers import write_audiofolder
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import build_model
 from tiny_audio.quiet import peft_wrapping
-from tiny_audio.training.run import run
+from tiny_audio.recipe.run import run
 
 DEPRECATED = "`is_gradient_checkpointing` is deprecated"
 

@@ -19,15 +19,15 @@ from tests.data_helpers import write_audiofolder
 from tests.training_helpers import StopAt
 from tiny_audio.config import AugmentConfig, Config, LoraConfig, ModelConfig, MoeConfig, MosaConfig
 from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.recipe import run as run_module
+from tiny_audio.recipe.run import run
 from tiny_audio.training import checkpoints
-from tiny_audio.training import run as run_module
-from tiny_audio.training.run import run
 from tiny_audio.training.trainer import Callback, NonFiniteLossError, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 CHILD = (
     "import sys; from omegaconf import OmegaConf; from tiny_audio.config import to_config; "
-    "from tiny_audio.training.run import run; run(to_config(OmegaConf.load(sys.argv[1])))"
+    "from tiny_audio.recipe.run import run; run(to_config(OmegaConf.load(sys.argv[1])))"
 )
 quiet = lambda _: None  # noqa: E731
 

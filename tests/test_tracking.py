@@ -19,8 +19,8 @@ import pytest
 from wandb.proto import wandb_internal_pb2
 
 from tests.data_helpers import write_corrupt_audiofolder
+from tiny_audio.recipe.run import run
 from tiny_audio.training.preflight import run_preflight
-from tiny_audio.training.run import run
 from tiny_audio.training.tracking import TrackerLoginError, require_tracker
 from tiny_audio.training.trainer import Callback
 

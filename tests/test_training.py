@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.data_helpers import write_audiofolder, write_corrupt_audiofolder
 from tiny_audio.config import LoraConfig
-from tiny_audio.training.run import run
+from tiny_audio.recipe.run import run
 from tiny_audio.training.trainer import Callback, Trainer
 
 

@@ -45,7 +45,7 @@ def train(
     if nproc is not None:
         import subprocess
 
-        from tiny_audio.training.launch import torchrun_command
+        from tiny_audio.recipe.launch import torchrun_command
 
         try:
             command = torchrun_command(
@@ -59,7 +59,7 @@ def train(
         from tiny_audio.training.preflight import preflight_main
 
         raise typer.Exit(preflight_main(list(ctx.args)))
-    from tiny_audio.training.run import main
+    from tiny_audio.recipe.run import main
 
     raise typer.Exit(main(list(ctx.args)))
 

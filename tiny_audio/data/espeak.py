@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tiny_audio.folders import process_alive
+
 AUDIO_OUTPUT_SYNCHRONOUS = 2  # samples go to the callback; espeak_Synth returns when done
 ESPEAK_CHARS_UTF8 = 1
 ESPEAK_RATE = 1  # words per minute, 80-450
@@ -61,18 +63,6 @@ def voice_error(voice: str) -> str | None:
     if not accent:
         return f"empty espeak-ng voice name in '{voice}'"
     return None
-
-
-def process_alive(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists but belongs to someone else
-    return True
 
 
 def remove_stale_copies() -> None:

@@ -24,7 +24,6 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -39,8 +38,9 @@ import numpy as np
 import soundfile as sf
 
 from tiny_audio.data.audio import resample
-from tiny_audio.data.espeak import PACKAGE, Espeak, SynthError, process_alive, remove_stale_copies
+from tiny_audio.data.espeak import PACKAGE, Espeak, SynthError, remove_stale_copies
 from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sentence, training_sentence
+from tiny_audio.folders import staging_folder, swap_in
 
 __all__ = [
     "HELD_OUT_VOICE",
@@ -242,29 +242,12 @@ def _guarded(path: Path, action):
 
 
 def _make_staging(out_dir: Path) -> Path:
-    parent = out_dir.absolute().parent
-    _guarded(parent, lambda: parent.mkdir(parents=True, exist_ok=True))
-    prefix = f".{out_dir.name}.partial-"
-    for stale in parent.glob(prefix + "*"):
-        if not process_alive(stale.name[len(prefix) :].split("-", 1)[0]):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a run that was killed
-    staging = Path(_guarded(parent, lambda: tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the dataset's mode
-    return staging
+    return _guarded(out_dir.absolute().parent, lambda: staging_folder(out_dir))
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
     """Replace out_dir by the finished staging directory; a reader never sees a partial set."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=staging.parent))
-        old.rmdir()
-        _guarded(out_dir, lambda: out_dir.rename(old))
-    _guarded(out_dir, lambda: staging.rename(out_dir))
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _guarded(out_dir, lambda: swap_in(staging, out_dir))
 
 
 def _write_metadata(folder: Path, clips: list[Clip]) -> None:

@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 from safetensors.torch import load_file
 
-from tiny_audio.export.records import read_records
 from tiny_audio.model.build import LORA_DIR, PROJECTOR_FILE, read_model_config
 from tiny_audio.model.decoder_weights import has_decoder
+from tiny_audio.training.records import read_records
 
 DEFAULT_LICENSE = "other"
 REQUIREMENTS = "transformers peft accelerate soundfile soxr"

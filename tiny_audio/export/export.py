@@ -30,7 +30,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoFeatureExtractor, AutoModelForCausalLM, AutoTokenizer
 
 from tiny_audio.config import ModelConfig
+from tiny_audio.export.card import DEFAULT_LICENSE, read_eval_results, write_model_card
 from tiny_audio.export.portable import write_portable_modules
+from tiny_audio.folders import staging_folder, swap_in
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import LORA_DIR, MODEL_CONFIG_FILE, PROJECTOR_FILE, read_model_config
 from tiny_audio.model.encoder import encoder_layout, load_audio_encoder
@@ -99,15 +101,34 @@ def export_model(
     """Write the export of `checkpoint` to `out` (replacing an earlier export there) and return it."""
     require_checkpoint(checkpoint)
     if eval_results is not None:  # checked before anything is written
-        from tiny_audio.export.card import read_eval_results
-
         read_eval_results(eval_results)
     if out.exists() and any(out.iterdir()) and not is_export(out):
         raise ExportError(f"{out} exists and is not an earlier export; choose an empty or new directory")
     cfg = read_model_config(checkpoint)
-    staging = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_folder(out)
+    try:
+        notes = _write_contents(staging, checkpoint, cfg, merge_lora, include_frozen_weights)
+        if card:
+            write_model_card(
+                staging,
+                checkpoint,
+                # The model's name, never a local path: the Hub id, else the folder's own name.
+                model_id=model_id or out.resolve().name,
+                eval_results=eval_results,
+                license=license or DEFAULT_LICENSE,
+                index_subsets=index_subsets,
+            )
+        swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(out, notes)
+
+
+def _write_contents(
+    staging: Path, checkpoint: Path, cfg: ModelConfig, merge_lora: bool, include_frozen_weights: bool
+) -> list[str]:
+    """Everything but the model card; returns the notes for the person exporting."""
     notes: list[str] = []
     projector = load_file(str(checkpoint / PROJECTOR_FILE))
     save_file({PROJECTOR_PREFIX + key: value for key, value in projector.items()}, str(staging / WEIGHTS_FILE))
@@ -145,20 +166,7 @@ def export_model(
     for source in sorted(HUB_CODE_DIR.glob("*.py")):
         shutil.copy2(source, staging / source.name)
     write_portable_modules(staging)
-    if card:
-        from tiny_audio.export.card import DEFAULT_LICENSE, write_model_card
-
-        write_model_card(
-            staging,
-            checkpoint,
-            # The model's name, never a local path: the Hub id, else the folder's own name.
-            model_id=model_id or out.resolve().name,
-            eval_results=eval_results,
-            license=license or DEFAULT_LICENSE,
-            index_subsets=index_subsets,
-        )
-    _replace(staging, out)
-    return ExportResult(out, notes)
+    return notes
 
 
 def _write_config(
@@ -219,14 +227,3 @@ def _save_encoder(cfg: ModelConfig, directory: Path) -> None:
     state = {prefix + key: value.detach().contiguous().cpu() for key, value in encoder.module.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
     encoder.feature_extractor.save_pretrained(str(directory))
-
-
-def _replace(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)

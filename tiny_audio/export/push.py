@@ -14,7 +14,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, Repository
 from huggingface_hub.utils import validate_repo_id
 
 from tiny_audio.export.export import export_model, is_export
-from tiny_audio.training.hub import scrub_token
+from tiny_audio.hub_token import scrub_token
 
 
 class PushError(RuntimeError):

@@ -1,8 +1,8 @@
 """Where the miniature models live, and how a build lands there only when complete.
 
-Each artefact is built in a temporary sibling directory and renamed into place with a marker
-written last, so an interrupted build (Ctrl+C, kill -9, a full disk) is never mistaken for a
-finished one: the next run removes the leftovers and builds again.
+Each artefact is built in a staging sibling with a marker written last, then swapped into place
+whole (`tiny_audio.folders`), so an interrupted build (Ctrl+C, kill -9, a full disk) is never
+mistaken for a finished one, nor does it destroy the earlier build: the next run builds again.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+
+from tiny_audio.folders import staging_folder, swap_in
 
 MARKER = ".complete"
 
@@ -42,19 +44,13 @@ def build_atomically(path: Path, stamp: str, build: Callable[[Path], None], rebu
     if not rebuild and is_built(path, stamp):
         return False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for leftover in path.parent.glob(f".{path.name}.partial-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        staging = path.parent / f".{path.name}.partial-{os.getpid()}"
-        staging.mkdir()
+        staging = staging_folder(path)
     except OSError as error:
         raise _cache_error(path, error) from None
     try:
         build(staging)
         (staging / MARKER).write_text(stamp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+        swap_in(staging, path)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise _cache_error(path, error) from None

@@ -1,6 +1,6 @@
 """The course in miniature: the three training stages of the real recipe, on pretrained stand-ins.
 
-Each stage runs the project's own training code (`tiny_audio.training.run`) with the same
+Each stage runs the project's own training code (`tiny_audio.recipe.run`) with the same
 experiments as the course (`mlp`, `mlp_lora`, `mlp_fine_tune`), each later stage starting from
 the previous stage's final checkpoint. After each stage the final checkpoint is scored on both
 held-out splits and on a few robustness conditions (`CourseSettings.robust_each_stage`: a new
@@ -25,8 +25,8 @@ from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.miniature.standins import Miniature, read_split
 from tiny_audio.model.build import load_pretrained
 from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.recipe.run import run
 from tiny_audio.training import checkpoints
-from tiny_audio.training.run import run
 
 HELD_OUT_SPLITS = {"validation": "unseen sentences", "validation_new_voice": "unseen sentences, unseen voice"}
 PLOT_FILE = "training.png"

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from tiny_audio.config import ModelConfig
+from tiny_audio.folders import swap_in
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import read_model_config
 from tiny_audio.projector_registry import PROJECTORS
@@ -159,15 +160,8 @@ def write_checkpoint(
         if is_disk_full(error):
             raise disk_full_error(output_dir, final.name, latest_checkpoint(output_dir), error) from error
         raise
-    if final.exists():
-        # A checkpoint at the same step (a resumed run saving again) is replaced, never merged.
-        stale = output_dir / f".checkpoint-{step}.old"
-        shutil.rmtree(stale, ignore_errors=True)
-        final.rename(stale)
-        staging.rename(final)
-        shutil.rmtree(stale)
-    else:
-        staging.rename(final)
+    # A checkpoint at the same step (a resumed run saving again) is replaced, never merged.
+    swap_in(staging, final)
     _fsync_dir(output_dir)
     return final
 

@@ -9,28 +9,19 @@ reads it except to scrub it from error text.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import HfApi
 
+from tiny_audio.hub_token import scrub_token
 from tiny_audio.model.build import LORA_DIR
 from tiny_audio.training.trainer import Callback, Trainer
 
 STAGING_DIR = ".hub-staging"  # a leading dot: checkpoint discovery and pruning ignore it
-_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
-
-
-def scrub_token(text: str) -> str:
-    """`text` with any Hugging Face token replaced by ***."""
-    for token in {get_token(), os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")}:
-        if token:
-            text = text.replace(token, "***")
-    return _TOKEN_PATTERN.sub("hf_***", text)
 
 
 class HubPushCallback(Callback):

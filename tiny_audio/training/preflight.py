@@ -34,12 +34,13 @@ from tiny_audio.data.collator import collator_for
 from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.sources import DataSourceError, train_records
 from tiny_audio.data.stream import build_eval_stream, build_train_stream
+from tiny_audio.hub_token import scrub_token
 from tiny_audio.model.build import build_model, parameter_counts
 from tiny_audio.model.encoder import encoder_layout
 from tiny_audio.model.projectors import build_projector
 from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
 from tiny_audio.training import checkpoints
-from tiny_audio.training.hub import scrub_token
+from tiny_audio.training.accelerator import make_accelerator
 from tiny_audio.training.precision import Precision, resolve_precision
 from tiny_audio.training.tracking import WANDB_DEFAULT_HOST, WANDB_LOCAL_MODES, require_tracker
 from tiny_audio.training.trainer import bf16_autocast
@@ -273,8 +274,6 @@ class Preflight:
         if self.model is None:
             self.model = build_model(self.cfg.model)
         if self.accelerator is None:
-            from tiny_audio.training.run import make_accelerator  # run imports this module
-
             self.accelerator = make_accelerator(self.cfg)
         return memory_check(self.cfg, self.model, self.accelerator)
 

@@ -31,4 +31,4 @@ def torchrun_command(
         ]
     else:
         command += ["--standalone"]
-    return [*command, "-m", "tiny_audio.training", *overrides]
+    return [*command, "-m", "tiny_audio.recipe", *overrides]

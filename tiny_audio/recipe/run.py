@@ -11,8 +11,7 @@ from typing import Any
 
 import datasets
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -27,12 +26,13 @@ from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.model.build import attach_encoder_cache, build_model, parameter_counts
 from tiny_audio.model.scale import StepZeroScale
 from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.recipe.callbacks import operations_callbacks
 from tiny_audio.training import checkpoints
+from tiny_audio.training.accelerator import make_accelerator
 from tiny_audio.training.checkpoints import CheckpointMismatchError
 from tiny_audio.training.data_host import DataHostDownError, data_host_down_reported
 from tiny_audio.training.disk import DiskFullError, disk_full_error, is_disk_full
 from tiny_audio.training.loaders import build_train_loader, train_collator
-from tiny_audio.training.operations import operations_callbacks
 from tiny_audio.training.optim import apply_speed_settings
 from tiny_audio.training.precision import resolve_precision
 from tiny_audio.training.preflight import PreflightError, require_memory_fits, require_preflight
@@ -47,14 +47,6 @@ def describe_parameters(model: SpeechLLM) -> str:
         for name, (trainable, total) in parameter_counts(model).items()
     ]
     return "Parameters:\n" + "\n".join(rows)
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    tracker = None if cfg.training.report_to == "none" else cfg.training.report_to
-    # A routed expert that no token chose in a step gets no gradient; DDP must be told to expect that.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.model.projector_type == "moe")
-    # Mixed precision is the trainer's own bf16 autocast (see bf16_autocast), not accelerate's.
-    return Accelerator(log_with=tracker, project_dir=cfg.training.output_dir, kwargs_handlers=[ddp])
 
 
 def run(cfg: Config, callbacks: list[Callback] | None = None, log=print) -> TrainState:

@@ -1,9 +1,8 @@
 """What a run records for its model card: stages, steps, hardware, wall time, config, evaluations.
 
 `RunRecordCallback` keeps the record in its callback state, which every checkpoint saves in
-training_state.pt: the card is generated from the checkpoint itself. A new stage started from an
-earlier stage's checkpoint carries that stage's record forward. At the end of a run the final
-checkpoint is exported to OUTPUT_DIR/export (and pushed, when the run pushes to the Hub).
+training_state.pt: the card is generated from the checkpoint itself (`read_records`). A new stage
+started from an earlier stage's checkpoint carries that stage's record forward.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ from tiny_audio.training.trainer import Callback
 
 if TYPE_CHECKING:
     from tiny_audio.training.trainer import Trainer
-
-EXPORT_DIR = "export"
 
 
 def hardware_description(processes: int) -> str:
@@ -48,7 +45,6 @@ class RunRecordCallback(Callback):
     def __init__(self) -> None:
         self.stages: list[dict[str, Any]] = []
         self.resumed = False
-        self.last_saved: Path | None = None
         self._trainer: Trainer | None = None
         self._clock = time.monotonic()
 
@@ -80,9 +76,6 @@ class RunRecordCallback(Callback):
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         self.stage["evaluations"].append({"step": trainer.state.step, **numbers})
 
-    def on_save(self, trainer: Trainer, checkpoint: Path) -> None:
-        self.last_saved = checkpoint
-
     def state_dict(self) -> dict[str, Any]:
         if self._trainer is not None and self.stages:
             now = time.monotonic()
@@ -98,28 +91,6 @@ class RunRecordCallback(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stages = copy.deepcopy(state.get("stages", []))
         self.resumed = bool(self.stages)
-
-    def on_train_end(self, trainer: Trainer, status: str) -> None:
-        if status == "failed" or self.last_saved is None or not trainer.accelerator.is_main_process:
-            return
-        from tiny_audio.export.export import export_model
-
-        out = trainer.output_dir / EXPORT_DIR
-        try:
-            export_model(
-                self.last_saved, out, model_id=trainer.args.hub_model_id if trainer.args.pushes_to_hub else None
-            )
-        except Exception as error:  # the run is over and its checkpoint safe: report, never fail it here
-            trainer.log(
-                f"warning: could not export {self.last_saved} ({type(error).__name__}: {error}); "
-                f"export it with: ta export {self.last_saved} {out}"
-            )
-            return
-        trainer.log(f"Exported the final model ({self.last_saved.name}) for transformers, with its model card: {out}")
-        if trainer.args.pushes_to_hub:
-            from tiny_audio.export.push import push_export_quietly
-
-            push_export_quietly(out, trainer.args.hub_model_id, trainer.log)
 
 
 def _earlier_stages(trainer: Trainer) -> list[dict[str, Any]]:
