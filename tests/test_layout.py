@@ -15,6 +15,7 @@ PACKAGE = "tiny_audio"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LEVELS: list[tuple[str, ...]] = [
+    ("projector_registry",),  # the projectors' names and settings, which config validates against
     # The ground: typed config, the prompt, the stand-in tokenizer, warning filters, the machine's
     # abilities, shared file and token helpers. Each imports nothing of the package.
     ("config", "prompts", "tokenizer", "quiet", "hardware", "folders", "hub_token"),
