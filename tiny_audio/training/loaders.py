@@ -60,3 +60,16 @@ class AugmentingCollate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return self.collate(self.augmenter(list(samples)))
+
+
+def stop_workers(loader: Any) -> None:
+    """Shut the train loader's workers down now rather than at interpreter exit.
+
+    A StatefulDataLoader keeps its iterator (for state_dict) and so its workers alive; torn down
+    in arbitrary order at exit, a worker blocked on its queue can hang a finished run.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if iterator is not None:
+        loader._iterator = None

@@ -1,10 +1,16 @@
-"""The console progress line: `Step 25/20000 | Loss: 8.34 | Grad Norm: 45.2 | LR: 1e-4 | ETA: 20hr`."""
+"""What the loop reports every `logging_steps`: the console progress line and the metrics logged with it.
+
+The line reads `Step 25/20000 | Loss: 8.34 | Grad Norm: 45.2 | LR: 1e-4 | ETA: 20hr | ...`.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from collections import deque
+from typing import Any
+
+from tiny_audio.training.ranks import WindowLoss
 
 
 def format_lr(lr: float) -> str:
@@ -84,3 +90,80 @@ def progress_line(
         spent, projected = cost
         parts.append(f"Cost: ${spent:.2f} (projected ${projected:.2f})")
     return " | ".join(parts)
+
+
+class ProgressWindow:
+    """The updates since the last progress line: their losses, samples and wall time."""
+
+    def __init__(self) -> None:
+        self.losses: list[WindowLoss] = []  # one per update that was not skipped
+        self.samples = 0  # this rank's
+        self.start = time.perf_counter()
+
+    def add(self, loss: WindowLoss | None, samples: int) -> None:
+        if loss is not None:
+            self.losses.append(loss)
+        self.samples += samples
+
+    @property
+    def loss(self) -> float:
+        """Token-weighted over the window's updates, as eval/loss is over the eval set."""
+        tokens = sum(w.tokens for w in self.losses)
+        return sum(w.lm_loss_sum for w in self.losses) / tokens if tokens else float("nan")
+
+    @property
+    def aux_loss(self) -> float | None:
+        aux = [w.aux_loss for w in self.losses if w.aux_loss is not None]
+        return sum(aux) / len(aux) if aux else None
+
+    def samples_per_second(self) -> float:
+        return self.samples / max(time.perf_counter() - self.start, 1e-9)
+
+
+def gpu_cost(timer: StepTimer, step: int, eta_seconds: float, hourly_usd: float | None) -> tuple[float, float] | None:
+    """(spent, projected at the end) in USD, from the mean step time; None without `training.gpu_hourly_usd`."""
+    if hourly_usd is None:
+        return None
+    elapsed_hours = sum(timer.durations) / 3600 * step / max(len(timer.durations), 1)
+    return elapsed_hours * hourly_usd, (elapsed_hours + eta_seconds / 3600) * hourly_usd
+
+
+def rank_rates_line(rates: list[float]) -> str:
+    """Each rank's samples/s, so that a slow rank (which every other rank waits for) shows up."""
+    return (
+        "Samples/s per rank: "
+        + ", ".join(f"{rank}: {rate:.2f}" for rank, rate in enumerate(rates))
+        + f" (slowest at {min(rates) / max(max(rates), 1e-9):.0%} of the fastest)"
+    )
+
+
+def train_metrics(
+    window: ProgressWindow,
+    grad_norm: float,
+    lr: float,
+    param_groups: list[dict[str, Any]],
+    rank_rates: list[float],
+    audio_hours: float,
+    nonfinite_updates: int,
+    skipped: dict[str, int],
+) -> dict[str, float]:
+    """The metrics logged with a progress line, for trackers and callbacks; `rank_rates` in rank order."""
+    metrics = {
+        "train/loss": window.loss,
+        "train/grad_norm": grad_norm,
+        "train/learning_rate": lr,
+        **{
+            f"train/{group['name']}_learning_rate": group["lr"]
+            for group in param_groups
+            if group.get("name") == "decoder"
+        },
+        "train/samples_per_second": sum(rank_rates),
+        **{f"train/samples_per_second_rank{rank}": rate for rank, rate in enumerate(rank_rates) if len(rank_rates) > 1},
+        "train/audio_hours": audio_hours,
+        "train/nonfinite_updates": float(nonfinite_updates),
+    }
+    if window.aux_loss is not None:
+        # Logged apart: train/loss is the language-model loss alone, comparable with eval/loss.
+        metrics["train/aux_loss"] = window.aux_loss
+    metrics.update({f"data/skipped_{reason}": float(n) for reason, n in skipped.items()})
+    return metrics
