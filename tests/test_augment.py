@@ -91,18 +91,29 @@ def test_course_style_overrides_switch_effects_on() -> None:
     assert isinstance(train_audio_augmenter(cfg.data), AudioAugmenter)
 
 
-def test_the_course_passes_augmentation_to_every_stage(tmp_path: Path) -> None:
-    """`ta course --set data.augment.noise.prob=0.5 ...` reaches each stage's config."""
-    from tiny_audio.miniature.course import CourseSettings, stage_overrides
+def test_the_course_augments_every_stage_and_set_or_no_augment_change_it(tmp_path: Path) -> None:
+    """The course trains on its measured augmentation; `--set` overrides a key of it, `--no-augment` drops it."""
+    from tiny_audio.miniature.course import AUGMENTATION, CourseSettings, stage_overrides
     from tiny_audio.miniature.standins import Miniature
 
     miniature = Miniature(tmp_path, tmp_path / "speech", tmp_path / "qwen3", tmp_path / "glm-asr", tmp_path / "robust")
-    extra = ("data.augment.noise.prob=0.5", "data.augment.non_speech.prob=0.05")
-    settings = CourseSettings(extra_overrides=extra)
-    for stage in settings.stages:
-        cfg = load_config(stage_overrides(miniature, settings, stage, tmp_path / "out"))
-        assert (cfg.data.augment.noise.prob, cfg.data.augment.non_speech.prob) == (0.5, 0.05)
-        assert cfg.model.encoder_cache_gib == 1  # the course's cache stays on with augmentation
+
+    def augment_of(settings: CourseSettings) -> list[tuple[float, ...]]:
+        configs = [load_config(stage_overrides(miniature, settings, s, tmp_path / "out")) for s in settings.stages]
+        for cfg in configs:
+            assert cfg.model.encoder_cache_gib == 1  # the course's cache stays on with augmentation
+        return [
+            (a.noise.prob, a.reverb.prob, a.speed.prob, a.gain.prob, a.non_speech.prob)
+            for a in (cfg.data.augment for cfg in configs)
+        ]
+
+    assert AUGMENTATION and augment_of(CourseSettings()) == [(0.25, 0.15, 0.3, 0.2, 0.05)] * 3
+    assert load_config(
+        stage_overrides(miniature, CourseSettings(), CourseSettings().stages[0], tmp_path)
+    ).data.augment.gain.db == [-18.0, 6.0]
+    extra = ("data.augment.noise.prob=0.5", "data.augment.non_speech.prob=0.1")
+    assert augment_of(CourseSettings(extra_overrides=extra)) == [(0.5, 0.15, 0.3, 0.2, 0.1)] * 3
+    assert augment_of(CourseSettings(augmentation=())) == [(0.0,) * 5] * 3
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,9 @@ def course_command(
     full_decoder: bool = typer.Option(
         False, "--full-decoder", help="Stage 3 trains the whole decoder (mlp_full_decoder) instead of LoRA."
     ),
+    augment: bool = typer.Option(
+        True, "--augment/--no-augment", help="Train on augmented audio (noise, rooms, speed, gain, non-speech)."
+    ),
     override: Annotated[
         list[str] | None,
         typer.Option("--set", help="Extra config override for every stage, e.g. --set training.adam_beta2=0.95."),
@@ -46,6 +49,8 @@ def course_command(
 
     started = time.perf_counter()
     settings = CourseSettings(extra_overrides=tuple(override or ()))
+    if not augment:
+        settings = dataclasses.replace(settings, augmentation=())
     if full_decoder:
         settings = with_full_decoder(settings)
     if steps is not None:
