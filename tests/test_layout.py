@@ -15,7 +15,9 @@ PACKAGE = "tiny_audio"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LEVELS: list[tuple[str, ...]] = [
-    ("projector_registry",),  # the projectors' names and settings, which config validates against
+    # The inference runtime (with the projector registry config validates against): it imports nothing
+    # else of the package, so an export copies it whole (tests/test_runtime.py).
+    ("runtime",),
     # The ground: typed config, the prompt, the stand-in tokenizer, warning filters, the machine's
     # abilities, shared file and token helpers. Each imports nothing of the package.
     ("config", "prompts", "tokenizer", "quiet", "hardware", "folders", "hub_token"),
