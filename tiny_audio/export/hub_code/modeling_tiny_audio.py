@@ -2,7 +2,7 @@
 
 The frozen encoder and LLM are loaded from the ids in config.json, or from folders inside this
 directory when the export includes them; the trained projector (and LoRA adapter) come from here.
-The other `*.py` files beside this one (but configuration and pipeline) are tiny-audio's inference
+The other `*.py` files beside this one (all but the configuration and pipeline) are tiny-audio's inference
 runtime, copied as they are by `ta export`, so this model is assembled and transcribes exactly as
 `ta transcribe` does.
 """
