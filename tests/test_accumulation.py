@@ -9,9 +9,9 @@ import torch
 from accelerate import Accelerator
 
 from tests.conftest import tone
-from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import build_model
-from tiny_audio.model.speech_llm import MODEL_INPUTS
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS
 from tiny_audio.training.trainer import Trainer
 
 # Transcripts of very different lengths, so micro-batch means and token means differ.

@@ -25,12 +25,12 @@ from tiny_audio.config import (
 )
 from tiny_audio.data import effects, skips
 from tiny_audio.data.audio_augment import AudioAugmenter, augment_key, train_audio_augmenter
-from tiny_audio.data.collator import collator_for
 from tiny_audio.data.effect_files import EffectFilesError, require_effect_dirs
 from tiny_audio.data.stream import build_train_stream
 from tiny_audio.model.build import build_model
-from tiny_audio.model.speech_llm import IGNORE_INDEX
 from tiny_audio.recipe.run import run
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import IGNORE_INDEX
 from tiny_audio.training.loaders import AugmentingCollate
 from tiny_audio.training.metrics_file import read_metrics
 

@@ -27,9 +27,9 @@ from tiny_audio.benchmark.flops import (
 )
 from tiny_audio.benchmark.run import matmul_precision
 from tiny_audio.config import Config, ModelConfig, TrainingConfig
-from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import attach_encoder_cache, build_model
-from tiny_audio.model.speech_llm import MODEL_INPUTS
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS
 from tiny_audio.training.optim import apply_speed_settings
 from tiny_audio.training.precision import resolve_precision
 

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from tiny_audio.cli import app
 from tiny_audio.config import ModelConfig
 from tiny_audio.data.robust import COMPACT, CONDITIONS, NON_SPEECH_CONDITION
-from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.evaluation.wer import score
 from tiny_audio.miniature.course import (
     CourseSettings,
@@ -33,7 +32,8 @@ from tiny_audio.miniature.encoder import EncoderRecipe
 from tiny_audio.miniature.llm import LlmRecipe
 from tiny_audio.miniature.standins import Miniature, MiniatureSpec, build_miniature
 from tiny_audio.model.build import build_model, load_pretrained
-from tiny_audio.model.encoder import read_prefixed_tensors
+from tiny_audio.runtime.encoder import read_prefixed_tensors
+from tiny_audio.runtime.transcribe import transcribe
 from tiny_audio.training.metrics_file import read_metrics
 
 SMALL = MiniatureSpec(

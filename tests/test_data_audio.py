@@ -6,9 +6,9 @@ import soundfile as sf
 from data_helpers import tone
 
 from tiny_audio.data import skips
-from tiny_audio.data.audio import decode_audio
-from tiny_audio.data.skips import Unusable
 from tiny_audio.data.text import count_words, find_junk_marker, normalize_text
+from tiny_audio.runtime.audio import decode_audio
+from tiny_audio.runtime.unusable import Unusable
 
 
 def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from tests.data_helpers import write_audiofolder
 from tiny_audio.model.build import build_model
-from tiny_audio.model.speech_llm import MODEL_INPUTS, count_targets
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS, count_targets
 from tiny_audio.training import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from tiny_audio.config import to_config
-from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.runtime.speech_llm import SpeechLLM
 from tiny_audio.recipe import run as run_module
 from tiny_audio.training.trainer import Callback, Trainer
 

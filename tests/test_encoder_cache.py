@@ -9,9 +9,9 @@ from tests.conftest import tone
 from tests.test_model import SAMPLES, inputs
 from tiny_audio.config import ConfigError, SpecAugmentConfig
 from tiny_audio.data.augment import SpecAugment
-from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import attach_encoder_cache, build_model
-from tiny_audio.model.encoder import EncoderCache
+from tiny_audio.model.encoder_cache import EncoderCache
+from tiny_audio.runtime.collator import collator_for
 
 
 class EncoderCalls:

@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from tests.data_helpers import sentence, tone, write_audiofolder
 from tests.training_helpers import short_run_config
-from tiny_audio.data.collator import collator_for
 from tiny_audio.evaluation.cli import app
-from tiny_audio.evaluation.transcribe import decode, transcribe
 from tiny_audio.model.build import build_model
-from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.recipe.run import run
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import SpeechLLM
+from tiny_audio.runtime.transcribe import decode, transcribe
 from tiny_audio.training.trainer import Callback, Trainer
 
 RATE = 16000

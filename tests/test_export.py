@@ -33,9 +33,8 @@ from tests.export_helpers import (
     write_clips,
 )
 from tiny_audio.cli import app
-from tiny_audio.data.audio import resample
-from tiny_audio.export import portable
-from tiny_audio.export.export import ExportError, export_model
+from tiny_audio.export.export import RUNTIME_DIR, ExportError, export_model
+from tiny_audio.runtime.audio import resample
 
 RATE = 16000
 
@@ -231,10 +230,10 @@ def test_pipeline_bad_audio_gets_one_clear_message(pipe, tmp_path: Path) -> None
         pipe({"raw": np.zeros(RATE, dtype=np.float32), "sampling_rate": RATE})
 
 
-def test_an_import_without_a_portable_copy_stops_the_export(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(portable.PORTABLE_MODULES, "tiny_audio.prompts")
-    with pytest.raises(portable.NotPortableError, match=r"imports PromptBuilder from tiny_audio\.prompts"):
-        portable.portable_source("tiny_audio.model.speech_llm")
+def test_the_export_carries_the_runtime_as_it_is(exported: Path) -> None:
+    for module in sorted(RUNTIME_DIR.glob("*.py")):
+        if module.name != "__init__.py":
+            assert (exported / module.name).read_text() == module.read_text(), module.name
 
 
 def test_transformers_copies_every_sibling_each_exported_file_imports(exported: Path) -> None:
@@ -245,12 +244,3 @@ def test_transformers_copies_every_sibling_each_exported_file_imports(exported: 
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 imported |= {node.module} if node.module else {alias.name for alias in node.names}
         assert imported <= set(get_relative_imports(file)), file.name
-
-
-def test_importing_a_module_rather_than_its_names_stops_the_export(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "uses_a_module.py").write_text("from tiny_audio.data import skips\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(portable.NotPortableError, match=r"import the names it uses: `from tiny_audio\.data\.skips"):
-        portable.portable_source("uses_a_module")

@@ -15,11 +15,11 @@ from tests.conftest import tone
 from tests.data_helpers import write_audiofolder
 from tests.test_resume import start_child, wait_for
 from tiny_audio.config import LoraConfig, TrainingConfig
-from tiny_audio.data.collator import collator_for
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import build_model, load_pretrained, load_weights, parameter_counts, save_pretrained
-from tiny_audio.model.speech_llm import MODEL_INPUTS
 from tiny_audio.recipe.run import describe_parameters, run
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS
 from tiny_audio.training import checkpoints
 from tiny_audio.training.optim import build_optimizer, build_scheduler, parameter_groups, recompute_decoder_layers
 from tiny_audio.training.trainer import Trainer

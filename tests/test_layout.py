@@ -15,10 +15,13 @@ PACKAGE = "tiny_audio"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LEVELS: list[tuple[str, ...]] = [
-    ("projector_registry",),  # the projectors' names and settings, which config validates against
-    # The ground: typed config, the prompt, the stand-in tokenizer, warning filters, the machine's
-    # abilities, shared file and token helpers. Each imports nothing of the package.
-    ("config", "prompts", "tokenizer", "quiet", "hardware", "folders", "hub_token"),
+    # The inference runtime (with the projector registry config validates against): it imports nothing
+    # else of the package, so an export copies it whole (tests/test_runtime.py).
+    ("runtime",),
+    # The ground: typed config, the prompt's names where miniature/ imports them, the stand-in
+    # tokenizer, warning filters, the machine's abilities, shared file and token helpers. Each imports
+    # nothing of the package but the runtime.
+    ("config", "tokenizer", "quiet", "hardware", "folders", "hub_token"),
     # The model, Hydra composition and the random-weight fixtures, each on the ground alone.
     ("model", "compose", "fixtures"),
     ("data",),  # the collator builds model inputs

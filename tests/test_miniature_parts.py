@@ -23,8 +23,8 @@ from tiny_audio.miniature.llm import CopyTask, LlmRecipe, plain_words
 from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.model.build import build_model
 from tiny_audio.model.scale import StepZeroScale, projector_scale_ratio
-from tiny_audio.model.speech_llm import MODEL_INPUTS
 from tiny_audio.recipe.run import run
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS
 from tiny_audio.training.metrics_file import METRICS_FILE, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -149,7 +149,7 @@ def test_a_run_records_its_metrics_and_the_plot_draws_them(tiny_run_config, tmp_
 
 
 def test_output_norm_makes_projected_audio_as_loud_as_text(tiny_model_config, tiny_run_config, tmp_path) -> None:
-    from tiny_audio.data.collator import collator_for
+    from tiny_audio.runtime.collator import collator_for
 
     data = write_audiofolder(tmp_path / "data", {"train": 4, "validation": 4})
     samples = [{"audio": torch.randn(16000).numpy() * 0.1, "text": "hello"} for _ in range(2)]

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from tests.conftest import tone
-from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import build_model, load_pretrained, parameter_counts, save_pretrained
-from tiny_audio.model.encoder import load_audio_encoder, read_prefixed_tensors
-from tiny_audio.model.speech_llm import IGNORE_INDEX, MODEL_INPUTS
-from tiny_audio.prompts import PromptBuilder
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.encoder import load_audio_encoder, read_prefixed_tensors
+from tiny_audio.runtime.prompts import PromptBuilder
+from tiny_audio.runtime.speech_llm import IGNORE_INDEX, MODEL_INPUTS
 
 SAMPLES = [
     {"audio": tone(0.7, seed=1), "text": "a short one"},

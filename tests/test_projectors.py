@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from tiny_audio.config import ModelConfig
-from tiny_audio.model.projectors import build_projector
-from tiny_audio.projector_registry import PROJECTORS
+from tiny_audio.runtime.projector_registry import PROJECTORS
+from tiny_audio.runtime.projectors import build_projector
 
 ENCODER_DIM, LLM_DIM = 32, 48
 

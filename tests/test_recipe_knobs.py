@@ -13,9 +13,9 @@ from data_helpers import write_audiofolder
 from tests.conftest import tone
 from tiny_audio.config import Config, ConfigError, DatasetConfig, SpecAugmentConfig, TrainingConfig
 from tiny_audio.data.augment import SpecAugment
-from tiny_audio.data.collator import collator_for
 from tiny_audio.model.build import build_model
-from tiny_audio.model.speech_llm import MODEL_INPUTS
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS
 from tiny_audio.training import optim
 from tiny_audio.training.loaders import build_train_loader, train_collator
 from tiny_audio.training.optim import apply_speed_settings, build_optimizer, build_scheduler

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from tests.data_helpers import write_audiofolder
 from tests.training_helpers import StopAt
 from tiny_audio.config import AugmentConfig, Config, LoraConfig, ModelConfig, MoeConfig, MosaConfig
-from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.recipe import run as run_module
 from tiny_audio.recipe.run import run
+from tiny_audio.runtime.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.trainer import Callback, NonFiniteLossError, Trainer
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tiny_audio.projector_registry import PROJECTORS, projector_choices
+from tiny_audio.runtime.projector_registry import PROJECTORS, projector_choices
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 TRACKERS = ("wandb", "tensorboard", "trackio", "none")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from tiny_audio.model.encoder import EncoderCache
+from tiny_audio.model.encoder_cache import EncoderCache
 
 _aten = torch.ops.aten
 

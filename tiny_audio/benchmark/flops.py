@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tiny_audio.model.speech_llm import IGNORE_INDEX
+from tiny_audio.runtime.speech_llm import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

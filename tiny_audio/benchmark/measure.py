@@ -23,10 +23,10 @@ from torch.utils.data import DataLoader
 from tiny_audio.benchmark.counted import counted_step_flops
 from tiny_audio.benchmark.flops import batch_shapes, step_flops
 from tiny_audio.config import Config
-from tiny_audio.data.collator import collator_for
-from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.model.build import attach_encoder_cache, build_model
-from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS, SpeechLLM
+from tiny_audio.runtime.transcribe import transcribe
 from tiny_audio.training.optim import apply_speed_settings, build_optimizer, loader_speedups
 from tiny_audio.training.trainer import bf16_autocast
 

@@ -15,9 +15,9 @@ import numpy as np
 import soundfile as sf
 
 from tiny_audio.config import NOISE_FILE_KIND, AugmentConfig
-from tiny_audio.data.audio import check_signal, read_audio, resample, to_mono
-from tiny_audio.data.skips import Unusable
 from tiny_audio.data.sources import DataSourceError
+from tiny_audio.runtime.audio import check_signal, read_audio, resample, to_mono
+from tiny_audio.runtime.unusable import Unusable
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 # Decoded files kept per reader process; beyond it a file is decoded again at each use.

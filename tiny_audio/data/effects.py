@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tiny_audio.data.audio import resample
+from tiny_audio.runtime.audio import resample
 
 NOISE_COLOURS = ("white", "pink", "brown")
 SPEED_OF_SOUND = 343.0  # m/s

@@ -8,9 +8,9 @@ import numpy as np
 
 from tiny_audio.config import DataConfig
 from tiny_audio.data import skips
-from tiny_audio.data.audio import decode_audio
-from tiny_audio.data.skips import Unusable
 from tiny_audio.data.text import count_words, find_junk_marker, normalize_text
+from tiny_audio.runtime.audio import decode_audio
+from tiny_audio.runtime.unusable import Unusable
 
 
 def prepare_sample(record: dict[str, Any], cfg: DataConfig) -> tuple[np.ndarray, str]:

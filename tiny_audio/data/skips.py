@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tiny_audio.runtime.unusable import (
+    EMPTY_AUDIO,
+    MISSING_AUDIO,
+    NON_FINITE_AUDIO,
+    SILENT_AUDIO,
+    TOO_LONG,
+    TOO_SHORT,
+    UNREADABLE_AUDIO,
+)
+
 # Reasons a record is skipped. Streams emit these names; keep them short and stable because
 # they become tracker metric names and checkpoint keys.
-UNREADABLE_AUDIO = "unreadable_audio"  # the bytes/file does not decode (corrupt, truncated, missing file)
-MISSING_AUDIO = "missing_audio"  # the audio cell is null
+# The audio reasons (unreadable, missing, empty, non-finite, silent, too short, too long) live with
+# the runtime, which reads audio for inference too.
 BAD_AUDIO_TYPE = "bad_audio_type"  # the audio cell is neither bytes, a path, nor {bytes, path}
-EMPTY_AUDIO = "empty_audio"  # decodes to zero samples
-NON_FINITE_AUDIO = "non_finite_audio"  # NaN or Inf samples
-SILENT_AUDIO = "silent_audio"  # every sample below one 16-bit step
-TOO_SHORT = "too_short"  # shorter than data.min_duration
-TOO_LONG = "too_long"  # longer than data.max_duration (the encoder's 30 s window)
 EMPTY_TEXT = "empty_text"  # null, or nothing left after normalisation
 BAD_TEXT_TYPE = "bad_text_type"  # the transcript cell is not a string
 TOO_FEW_WORDS = "too_few_words"  # fewer than data.min_words words
@@ -36,14 +41,6 @@ REASONS = (
     JUNK_MARKER,
     UNREADABLE_EFFECT_FILE,
 )
-
-
-class Unusable(ValueError):
-    """A record that cannot be trained on; `reason` is one of the names above."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 class SkipLedger:

@@ -27,8 +27,8 @@ from tiny_audio.data.audio_augment import augment_key
 from tiny_audio.data.cursor import SourceCursor
 from tiny_audio.data.guard import BadFractionGuard, DataQualityError
 from tiny_audio.data.samples import prepare_sample
-from tiny_audio.data.skips import Unusable
 from tiny_audio.data.sources import eval_sources, train_caps, train_sources
+from tiny_audio.runtime.unusable import Unusable
 
 
 def build_train_stream(cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> SpeechStream:

@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from tiny_audio.data.audio import resample
 from tiny_audio.data.espeak import PACKAGE, Espeak, SynthError, remove_stale_copies
 from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sentence, training_sentence
 from tiny_audio.folders import staging_folder, swap_in
+from tiny_audio.runtime.audio import resample
 
 __all__ = [
     "HELD_OUT_VOICE",

@@ -12,9 +12,9 @@ from itertools import islice
 from typing import Any
 
 from tiny_audio.data.stream import build_eval_stream
-from tiny_audio.evaluation import DEFAULT_MAX_NEW_TOKENS
-from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.evaluation.wer import score
+from tiny_audio.runtime.defaults import DEFAULT_MAX_NEW_TOKENS
+from tiny_audio.runtime.transcribe import transcribe
 from tiny_audio.training.trainer import Callback, Trainer
 
 EXAMPLE_CHARS = 200  # a looping prediction can be 128 tokens long; the log line shows its start

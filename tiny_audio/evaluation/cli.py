@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from tiny_audio.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 from tiny_audio.evaluation.registry import known_names
+from tiny_audio.runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
-    from tiny_audio.model.speech_llm import SpeechLLM
+    from tiny_audio.runtime.speech_llm import SpeechLLM
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -41,9 +41,9 @@ def transcribe_files(
     import numpy as np
 
     from tiny_audio.config import DataConfig
-    from tiny_audio.data.audio import SILENCE_PEAK, decode_audio
-    from tiny_audio.data.skips import Unusable
-    from tiny_audio.evaluation.transcribe import transcribe
+    from tiny_audio.runtime.audio import SILENCE_PEAK, decode_audio
+    from tiny_audio.runtime.transcribe import transcribe
+    from tiny_audio.runtime.unusable import Unusable
 
     _check_model_name(model)
     # Every file is read before the model loads, so a batch of bad paths fails in a second.

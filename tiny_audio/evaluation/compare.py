@@ -15,9 +15,9 @@ from tiny_audio.config import DataConfig
 from tiny_audio.evaluation.dataset import LoadedTestSet, load_test_set
 from tiny_audio.evaluation.normalize import raw
 from tiny_audio.evaluation.registry import TestSet
-from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.evaluation.wer import WerReport, score
-from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.runtime.speech_llm import SpeechLLM
+from tiny_audio.runtime.transcribe import transcribe
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 

@@ -9,11 +9,12 @@ import numpy as np
 
 from tiny_audio.config import ConfigError, DataConfig, DatasetConfig
 from tiny_audio.data import skips
-from tiny_audio.data.audio import decode_audio
-from tiny_audio.data.skips import SkipLedger, Unusable
+from tiny_audio.data.skips import SkipLedger
 from tiny_audio.data.sources import DataSourceError, eval_records
 from tiny_audio.data.text import find_junk_marker, normalize_text
 from tiny_audio.evaluation.registry import TestSet, TestSetUnavailable, hint, probe_hub
+from tiny_audio.runtime.audio import decode_audio
+from tiny_audio.runtime.unusable import Unusable
 
 
 @dataclass(frozen=True)

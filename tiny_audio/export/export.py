@@ -7,7 +7,7 @@ Layout of an export:
   text_model/                 the LLM, when it was trained, LoRA is merged into it or frozen weights are included
   audio_model/                the encoder alone (no GLM-ASR language model), when frozen weights are included
   tokenizer files, preprocessor_config.json
-  *.py                        the modelling, configuration and pipeline code, and tiny-audio's inference modules
+  *.py                        the modelling, configuration and pipeline code, and tiny_audio.runtime's modules
   README.md                   the model card
 By default the frozen encoder and LLM are referenced by id: the export is a few MB and downloads
 them on first use; a decoder trained whole (model.decoder_trainable) exists only in the checkpoint
@@ -29,19 +29,19 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoFeatureExtractor, AutoModelForCausalLM, AutoTokenizer
 
+from tiny_audio import runtime
 from tiny_audio.config import ModelConfig
 from tiny_audio.export.card import DEFAULT_LICENSE, read_eval_results, write_model_card
-from tiny_audio.export.portable import write_portable_modules
 from tiny_audio.folders import staging_folder, swap_in
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import LORA_DIR, MODEL_CONFIG_FILE, PROJECTOR_FILE, read_model_config
-from tiny_audio.model.encoder import encoder_layout, load_audio_encoder
 from tiny_audio.quiet import peft_wrapping
+from tiny_audio.runtime.assembly import PROJECTOR_PREFIX, WEIGHTS_FILE
+from tiny_audio.runtime.encoder import encoder_layout, load_audio_encoder
 
 HUB_CODE_DIR = Path(__file__).resolve().parent / "hub_code"
+RUNTIME_DIR = Path(runtime.__file__).resolve().parent
 MODEL_TYPE = "tiny_audio"
-WEIGHTS_FILE = "model.safetensors"
-PROJECTOR_PREFIX = "projector."
 AUDIO_DIR, TEXT_DIR = "audio_model", "text_model"
 MAX_AUDIO_SECONDS = 30.0  # GLM-ASR's and Whisper's window
 AUTO_MAP = {
@@ -163,10 +163,16 @@ def _write_contents(
                 "pass --include-frozen-weights to share it"
             )
     _write_config(staging, cfg, audio_model, text_model, lora, checkpoint, merge_lora and has_lora)
-    for source in sorted(HUB_CODE_DIR.glob("*.py")):
+    for source in code_files():
         shutil.copy2(source, staging / source.name)
-    write_portable_modules(staging)
     return notes
+
+
+def code_files() -> list[Path]:
+    """The modelling, configuration and pipeline code, and the runtime's modules as they are: transformers
+    loads them as flat siblings, which is how the runtime's modules import one another."""
+    runtime_files = [path for path in sorted(RUNTIME_DIR.glob("*.py")) if path.name != "__init__.py"]
+    return sorted(HUB_CODE_DIR.glob("*.py")) + runtime_files
 
 
 def _write_config(

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from tiny_audio.compose import load_config
 from tiny_audio.data.robust import COMPACT, NON_SPEECH_CONDITION, robust_conditions
-from tiny_audio.evaluation.transcribe import transcribe
 from tiny_audio.evaluation.wer import score
 from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.miniature.standins import Miniature, read_split
 from tiny_audio.model.build import load_pretrained
-from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.recipe.run import run
+from tiny_audio.runtime.speech_llm import SpeechLLM
+from tiny_audio.runtime.transcribe import transcribe
 from tiny_audio.training import checkpoints
 
 HELD_OUT_SPLITS = {"validation": "unseen sentences", "validation_new_voice": "unseen sentences, unseen voice"}

@@ -34,7 +34,7 @@ from transformers import (
 from transformers.models.glmasr.modeling_glmasr import GlmAsrEncoder
 
 from tiny_audio.data import effects
-from tiny_audio.model.encoder import AudioEncoder
+from tiny_audio.runtime.encoder import AudioEncoder
 
 CTC_ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # index 0 is the CTC blank, so characters start at 1
 _NOT_IN_ALPHABET = re.compile(r"[^a-z' ]")

@@ -30,8 +30,8 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from tiny_audio.model.speech_llm import IGNORE_INDEX
-from tiny_audio.prompts import AUDIO_TOKEN, PromptBuilder
+from tiny_audio.runtime.prompts import AUDIO_TOKEN, PromptBuilder
+from tiny_audio.runtime.speech_llm import IGNORE_INDEX
 from tiny_audio.tokenizer import embedding_rows, train_chatml_tokenizer
 
 _PUNCTUATION = re.compile(r"[^\w\s']")

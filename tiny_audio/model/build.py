@@ -19,22 +19,18 @@ from omegaconf import OmegaConf
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import AddedToken, AutoTokenizer, PreTrainedModel
 
 from tiny_audio.config import ModelConfig
 from tiny_audio.hardware import cpu_runs_natively, emulated_reason
 from tiny_audio.model import decoder_weights
-from tiny_audio.model.encoder import EncoderCache, load_audio_encoder
-from tiny_audio.model.projectors import build_projector
-from tiny_audio.model.scale import token_embedding_rms
-from tiny_audio.model.speech_llm import SpeechLLM
-from tiny_audio.prompts import AUDIO_TOKEN
+from tiny_audio.model.encoder_cache import EncoderCache
 from tiny_audio.quiet import peft_wrapping
+from tiny_audio.runtime.assembly import assemble_speech_llm
+from tiny_audio.runtime.prompts import AUDIO_TOKEN
+from tiny_audio.runtime.speech_llm import SpeechLLM
 
 MODEL_CONFIG_FILE = "tiny_audio_model.json"
-# Decoder settings that change logits after the LM head (Gemma 2/3 soft-capping, Cohere and Granite
-# scaling). SpeechLLM applies the bare head at target positions only, so it would silently skip them.
-LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 PROJECTOR_FILE = "projector.safetensors"
 LORA_DIR = "lora"
 
@@ -45,28 +41,16 @@ def _to_stderr(line: str) -> None:
 
 def build_model(cfg: ModelConfig) -> SpeechLLM:
     """Load the frozen encoder and LLM, add a fresh projector (and LoRA), set trainability."""
-    dtype = getattr(torch, cfg.dtype)
-    encoder = load_audio_encoder(cfg.audio_model_id, dtype, cfg.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(cfg.text_model_id)
     tokenizer.add_tokens([AddedToken(AUDIO_TOKEN, special=True, normalized=False)], special_tokens=True)
-    llm = AutoModelForCausalLM.from_pretrained(
-        cfg.text_model_id, dtype=dtype, attn_implementation=cfg.attn_implementation
-    )
-    require_plain_lm_head(llm.config, cfg.text_model_id)
-    # Qwen3-0.6B has 151,936 rows for 151,669 tokens: the new id usually fits, and resizing a
-    # tied checkpoint would only add memory. The row's value never matters: audio replaces it.
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    llm.requires_grad_(False)
-    if cfg.decoder_trainable:
-        # float32 master weights, as the projector keeps: an AdamW update of 2e-5 x a bf16 weight
-        # is below bf16's resolution and would round away. bf16 autocast still does the compute.
-        llm.to(torch.float32).requires_grad_(True)
-    llm_dim = llm.get_input_embeddings().embedding_dim
-    embedding_rms = token_embedding_rms(llm.get_input_embeddings(), len(tokenizer) - 1)  # all but `<audio>`
-    projector = build_projector(cfg, encoder.hidden_size, llm_dim, embedding_rms)
-    projector.requires_grad_(cfg.projector_trainable)
-    if cfg.lora.enabled:
+
+    def prepare_llm(llm: PreTrainedModel) -> PreTrainedModel | PeftModel:
+        if cfg.decoder_trainable:
+            # float32 master weights, as the projector keeps: an AdamW update of 2e-5 x a bf16 weight
+            # is below bf16's resolution and would round away. bf16 autocast still does the compute.
+            llm.to(torch.float32).requires_grad_(True)
+        if not cfg.lora.enabled:
+            return llm
         lora = PeftLoraConfig(
             r=cfg.lora.rank,
             lora_alpha=cfg.lora.alpha,
@@ -75,8 +59,11 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
             task_type="CAUSAL_LM",
         )
         with peft_wrapping():
-            llm = get_peft_model(llm, lora)
-    model = SpeechLLM(encoder, projector, llm, tokenizer, cfg)
+            return get_peft_model(llm, lora)
+
+    dtype = getattr(torch, cfg.dtype)
+    model = assemble_speech_llm(cfg, cfg.audio_model_id, cfg.text_model_id, tokenizer, dtype, adapt_llm=prepare_llm)
+    model.projector.requires_grad_(cfg.projector_trainable)
     model.decoder_changed = cfg.decoder_trainable
     return model
 
@@ -88,17 +75,6 @@ def attach_encoder_cache(model: SpeechLLM, cfg: ModelConfig) -> None:
         # Not for an encoder of fixed frames (Whisper: 3000), which the collator pads to them anyway.
         per_clip = cfg.encoder_padding == "longest" and model.encoder.fixed_frames is None
         model.encoder.cache = EncoderCache(int(cfg.encoder_cache_gib * 2**30), per_clip=per_clip)
-
-
-def require_plain_lm_head(config: PretrainedConfig, model_id: str) -> None:
-    for name in LOGIT_POSTPROCESSING:
-        value = getattr(config, name, None)
-        if value is not None and value != 1.0:
-            raise ValueError(
-                f"model.text_model_id={model_id} post-processes its logits ({name}={value}), which the "
-                "labels-only LM head would skip and so train against other logits than the model's; "
-                "use a decoder without it (e.g. Qwen/Qwen3-0.6B)"
-            )
 
 
 def save_pretrained(model: SpeechLLM, directory: Path) -> None:

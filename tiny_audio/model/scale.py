@@ -12,12 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tiny_audio.model.speech_llm import SpeechLLM
-
-
-def token_embedding_rms(embeddings: nn.Embedding, n_tokens: int) -> float:
-    """RMS over the rows of real tokens; spare rows past the tokenizer are never read."""
-    return float(embeddings.weight.detach()[:n_tokens].float().pow(2).mean().sqrt())
+from tiny_audio.runtime.assembly import token_embedding_rms
+from tiny_audio.runtime.speech_llm import SpeechLLM
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from tiny_audio.config import Config
-from tiny_audio.data.collator import collator_for
 from tiny_audio.data.effect_files import require_effect_dirs
 from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.remote import RemoteDataError, RemoteReadError
@@ -25,8 +24,9 @@ from tiny_audio.data.stream import build_eval_stream
 from tiny_audio.evaluation.callback import WerCallback
 from tiny_audio.model.build import attach_encoder_cache, build_model, parameter_counts
 from tiny_audio.model.scale import StepZeroScale
-from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.recipe.callbacks import operations_callbacks
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.accelerator import make_accelerator
 from tiny_audio.training.checkpoints import CheckpointMismatchError

@@ -23,7 +23,7 @@ from tiny_audio.config import ModelConfig
 from tiny_audio.folders import swap_in
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import read_model_config
-from tiny_audio.projector_registry import PROJECTORS
+from tiny_audio.runtime.projector_registry import PROJECTORS
 from tiny_audio.training.disk import disk_full_error, is_disk_full
 
 STATE_FILE = "trainer_state.json"

@@ -14,10 +14,10 @@ from tiny_audio.config import Config
 from tiny_audio.data.audio_augment import AudioAugmenter, train_audio_augmenter
 from tiny_audio.data.augment import train_augmentation
 from tiny_audio.data.bucketing import bucketed
-from tiny_audio.data.collator import collator_for
 from tiny_audio.data.stream import build_train_stream
-from tiny_audio.model.speech_llm import SpeechLLM
 from tiny_audio.quiet import stateful_loader
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.speech_llm import SpeechLLM
 from tiny_audio.training.optim import loader_speedups
 
 

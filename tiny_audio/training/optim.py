@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import get_scheduler
 
 from tiny_audio.config import TrainingConfig
-from tiny_audio.model.speech_llm import SpeechLLM
+from tiny_audio.runtime.speech_llm import SpeechLLM
 
 
 def parameter_groups(model: SpeechLLM, args: TrainingConfig) -> list[dict[str, Any]]:

@@ -30,15 +30,15 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForCausalLM,
 
 from tiny_audio.config import Config, ConfigError
 from tiny_audio.data import remote
-from tiny_audio.data.collator import collator_for
 from tiny_audio.data.guard import DataQualityError
 from tiny_audio.data.sources import DataSourceError, train_records
 from tiny_audio.data.stream import build_eval_stream, build_train_stream
 from tiny_audio.hub_token import scrub_token
 from tiny_audio.model.build import build_model, parameter_counts
-from tiny_audio.model.encoder import encoder_layout
-from tiny_audio.model.projectors import build_projector
-from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM
+from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.encoder import encoder_layout
+from tiny_audio.runtime.projectors import build_projector
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS, SpeechLLM
 from tiny_audio.training import checkpoints
 from tiny_audio.training.accelerator import make_accelerator
 from tiny_audio.training.precision import Precision, resolve_precision

@@ -20,7 +20,7 @@ from accelerate.utils import send_to_device
 from tiny_audio.config import Config
 from tiny_audio.data.skips import SkipLedger, summarize
 from tiny_audio.model.build import load_weights, save_pretrained
-from tiny_audio.model.speech_llm import MODEL_INPUTS, SpeechLLM, count_targets
+from tiny_audio.runtime.speech_llm import MODEL_INPUTS, SpeechLLM, count_targets
 from tiny_audio.training import checkpoints, snapshot
 from tiny_audio.training.callback import Callback
 from tiny_audio.training.loaders import stop_workers

@@ -2,8 +2,9 @@
 
 The frozen encoder and LLM are loaded from the ids in config.json, or from folders inside this
 directory when the export includes them; the trained projector (and LoRA adapter) come from here.
-The `tiny_audio_*.py` files beside this one are tiny-audio's own inference code, copied verbatim
-by `ta export`, so this model transcribes exactly as `ta transcribe` does.
+The other `*.py` files beside this one (all but the configuration and pipeline) are tiny-audio's inference
+runtime, copied as they are by `ta export`, so this model is assembled and transcribes exactly as
+`ta transcribe` does.
 """
 
 from __future__ import annotations
@@ -18,19 +19,15 @@ import numpy as np
 import torch
 from huggingface_hub import snapshot_download
 from peft import PeftModel
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, TextIteratorStreamer
+from transformers import AutoTokenizer, PreTrainedModel, TextIteratorStreamer
 
+from .assembly import assemble_speech_llm, read_projector_state
+from .collator import collator_for
 from .configuration_tiny_audio import TinyAudioConfig
-from .tiny_audio_collator import collator_for
-from .tiny_audio_encoder import load_audio_encoder
-from .tiny_audio_evaluation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
-from .tiny_audio_projectors import build_projector
-from .tiny_audio_speech_llm import SpeechLLM
-from .tiny_audio_transcribe import _EMPTY_THINK, GENERATION_INPUTS, decode, eval_mode, transcribe
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from .speech_llm import SpeechLLM
+from .transcribe import _EMPTY_THINK, GENERATION_INPUTS, decode, eval_mode, transcribe
 
-WEIGHTS_FILE = "model.safetensors"
-PROJECTOR_PREFIX = "projector."
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download")
 
 
@@ -145,25 +142,18 @@ def namespace(value: Any) -> Any:
 
 
 def build_speech_llm(config: TinyAudioConfig, root: Path, dtype: torch.dtype | None = None) -> SpeechLLM:
-    """The same assembly as tiny_audio.model.build.build_model, with trained weights from `root`."""
+    """The runtime's assembly, as tiny_audio.model.build.build_model calls it, with trained weights from `root`."""
     settings = namespace(config.speech_llm)
-    dtype = dtype or getattr(torch, settings.dtype)
-    encoder = load_audio_encoder(resolve(config.audio_model, root), dtype, settings.attn_implementation)
     # The exported tokenizer holds the added <audio> token. Its directory also holds this code, which is
     # running already: asking again whether to trust it would only prompt the user a second time.
     tokenizer = AutoTokenizer.from_pretrained(str(root), trust_remote_code=True)
-    llm = AutoModelForCausalLM.from_pretrained(
-        resolve(config.text_model, root), dtype=dtype, attn_implementation=settings.attn_implementation
+    adapter = root / config.lora if config.lora else None
+    return assemble_speech_llm(
+        settings,
+        resolve(config.audio_model, root),
+        resolve(config.text_model, root),
+        tokenizer,
+        dtype or getattr(torch, settings.dtype),
+        adapt_llm=None if adapter is None else (lambda llm: PeftModel.from_pretrained(llm, str(adapter))),
+        projector_state=read_projector_state(root),
     )
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    llm.requires_grad_(False)
-    projector = build_projector(settings, encoder.hidden_size, llm.get_input_embeddings().embedding_dim)
-    weights = load_file(str(root / WEIGHTS_FILE))
-    projector.load_state_dict(
-        {key[len(PROJECTOR_PREFIX) :]: value for key, value in weights.items() if key.startswith(PROJECTOR_PREFIX)}
-    )
-    projector.requires_grad_(False)
-    if config.lora:
-        llm = PeftModel.from_pretrained(llm, str(root / config.lora))
-    return SpeechLLM(encoder, projector, llm, tokenizer, settings)

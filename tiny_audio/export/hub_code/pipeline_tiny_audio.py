@@ -18,9 +18,9 @@ import numpy as np
 import soundfile as sf
 from transformers import Pipeline
 
-from .tiny_audio_audio import check_signal, decode_audio, resample, to_mono
-from .tiny_audio_evaluation import DEFAULT_BATCH_SIZE
-from .tiny_audio_skips import Unusable
+from .audio import check_signal, decode_audio, resample, to_mono
+from .defaults import DEFAULT_BATCH_SIZE
+from .unusable import Unusable
 
 MAX_CHANNELS = 8  # an array with a dimension this small is (frames, channels) or (channels, frames)
 

@@ -12,9 +12,9 @@ from accelerate.utils import send_to_device
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tiny_audio.data.collator import collator_for
-from tiny_audio.evaluation import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
-from tiny_audio.model.speech_llm import SpeechLLM
+from .collator import collator_for
+from .defaults import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from .speech_llm import SpeechLLM
 
 GENERATION_INPUTS = ("input_features", "encoder_lengths", "mel_lengths", "input_ids", "attention_mask")
 # skip_special_tokens keeps Qwen3's think tags (they are ordinary added tokens), so an empty

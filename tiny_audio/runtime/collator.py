@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tiny_audio.model.speech_llm import IGNORE_INDEX
-from tiny_audio.prompts import PromptBuilder
-
-if TYPE_CHECKING:
-    from tiny_audio.model.speech_llm import SpeechLLM
+from .prompts import PromptBuilder
+from .speech_llm import IGNORE_INDEX, SpeechLLM
 
 
 class SpeechCollator:

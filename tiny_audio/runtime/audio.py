@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from tiny_audio.data.skips import (
+from .unusable import (
     EMPTY_AUDIO,
     MISSING_AUDIO,
     NON_FINITE_AUDIO,

@@ -1,6 +1,7 @@
 """SpeechLLM: frozen encoder -> projector -> frozen (optionally LoRA-adapted) LLM.
 
-The constructor takes built modules; all loading and saving lives in `tiny_audio.model.build`.
+The constructor takes built modules; assembly.py builds one from ids, and tiny_audio.model.build
+saves and loads what training changed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from tiny_audio.config import ModelConfig
-from tiny_audio.model.encoder import AudioEncoder
-from tiny_audio.prompts import PromptBuilder
+from .encoder import AudioEncoder
+from .prompts import PromptBuilder
+from .settings import ModelSettings
 
 IGNORE_INDEX = -100
 # The batch keys SpeechLLM.forward takes; a collated batch carries more (texts, skips, audio seconds).
@@ -43,7 +44,7 @@ class SpeechLLM(nn.Module):
         projector: nn.Module,
         llm: PreTrainedModel | PeftModel,
         tokenizer: PreTrainedTokenizerBase,
-        config: ModelConfig,
+        config: ModelSettings,
     ) -> None:
         super().__init__()
         self.encoder = encoder

@@ -16,7 +16,7 @@ FRAME_STACKING_SETTINGS = ("projector_pool_stride", "projector_hidden_dim")
 
 @dataclass(frozen=True)
 class ProjectorSpec:
-    builder: str  # its class in tiny_audio.model.projectors, named here because that module needs torch
+    builder: str  # its class in projectors.py beside this, named here because that module needs torch
     # Its own ModelConfig fields: top-level ones (projector_pool_stride) or its block (model.qformer).
     settings: tuple[str, ...] = ()
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-from tiny_audio.config import ModelConfig
-from tiny_audio.projector_registry import projector_spec
+from .projector_registry import projector_spec
+from .settings import ModelSettings
 
 
 def stack_frames(x: Tensor, stride: int) -> Tensor:
@@ -46,7 +46,7 @@ class FrameStackingProjector(nn.Module):
 class MLPProjector(FrameStackingProjector):
     """Stack k frames, then Linear -> GELU -> Linear to the LLM width."""
 
-    def __init__(self, encoder_dim: int, llm_dim: int, cfg: ModelConfig) -> None:
+    def __init__(self, encoder_dim: int, llm_dim: int, cfg: ModelSettings) -> None:
         super().__init__(cfg.projector_pool_stride)
         self.net = nn.Sequential(
             nn.Linear(encoder_dim * self.stride, cfg.projector_hidden_dim),
@@ -65,7 +65,7 @@ class MOSAProjector(FrameStackingProjector):
     experts train on all data (no load balancing needed), at the cost of running them all.
     """
 
-    def __init__(self, encoder_dim: int, llm_dim: int, cfg: ModelConfig) -> None:
+    def __init__(self, encoder_dim: int, llm_dim: int, cfg: ModelSettings) -> None:
         super().__init__(cfg.projector_pool_stride)
         in_dim, hidden, experts = encoder_dim * self.stride, cfg.projector_hidden_dim, cfg.mosa.num_experts
         self.router = nn.Sequential(
@@ -93,7 +93,7 @@ class MoEProjector(FrameStackingProjector):
     shared expert. The auxiliary loss is the Switch load-balancing loss plus the router z-loss.
     """
 
-    def __init__(self, encoder_dim: int, llm_dim: int, cfg: ModelConfig) -> None:
+    def __init__(self, encoder_dim: int, llm_dim: int, cfg: ModelSettings) -> None:
         super().__init__(cfg.projector_pool_stride)
         in_dim, hidden = encoder_dim * self.stride, cfg.projector_hidden_dim
         self.top_k = cfg.moe.num_experts_per_tok
@@ -150,7 +150,7 @@ class QFormerProjector(nn.Module):
     whatever the content; frames past a clip's end are masked out of its last window.
     """
 
-    def __init__(self, encoder_dim: int, llm_dim: int, cfg: ModelConfig) -> None:
+    def __init__(self, encoder_dim: int, llm_dim: int, cfg: ModelSettings) -> None:
         super().__init__()
         q = cfg.qformer
         self.window, self.num_queries = q.window_size, q.num_queries
@@ -212,7 +212,7 @@ class OutputNormProjector(nn.Module):
         return self.norm(projected), aux_loss
 
 
-def build_projector(cfg: ModelConfig, encoder_dim: int, llm_dim: int, embedding_rms: float = 1.0) -> nn.Module:
+def build_projector(cfg: ModelSettings, encoder_dim: int, llm_dim: int, embedding_rms: float = 1.0) -> nn.Module:
     """The configured projector; with `cfg.projector_output_norm`, its output normalised to `embedding_rms`."""
     projector_class: type[nn.Module] = globals()[projector_spec(cfg.projector_type).builder]
     projector = projector_class(encoder_dim, llm_dim, cfg)
