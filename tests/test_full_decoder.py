@@ -333,7 +333,7 @@ def test_the_course_switch_makes_stage_three_train_the_whole_decoder(tmp_path: P
     assert settings.stages[-1].steps == default.stages[-1].steps
     miniature = Miniature(tmp_path, tmp_path / "speech", tmp_path / "llm", tmp_path / "encoder", tmp_path / "robust")
     stage3 = load_config(stage_overrides(miniature, settings, settings.stages[-1], tmp_path / "out"))
-    assert stage3.model.decoder_mode == "full" and stage3.experiment == "mlp_full_decoder"
+    assert stage3.model.decoder_mode == "full" and stage3.experiment == "course_mlp_full_decoder"
     assert (stage3.training.learning_rate, stage3.training.decoder_learning_rate) == (1e-4, 2e-5)
     faster = dataclasses.replace(settings.stages[-1], decoder_learning_rate=5e-5)
     assert load_config(stage_overrides(miniature, settings, faster, tmp_path)).training.decoder_learning_rate == 5e-5

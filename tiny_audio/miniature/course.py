@@ -1,8 +1,9 @@
 """The course in miniature: the three training stages of the real recipe, on pretrained stand-ins.
 
 Each stage runs the project's own training code (`tiny_audio.recipe.run`) with the same
-experiments as the course (`mlp`, `mlp_lora`, `mlp_fine_tune`), each later stage starting from
-the previous stage's final checkpoint. After each stage the final checkpoint is scored on both
+experiments as the course (`mlp`, `mlp_lora`, `mlp_fine_tune`), through experiment files that add
+the miniature's settings to them (`course_mlp`, ...: configs/experiments/course*.yaml), each later
+stage starting from the previous stage's final checkpoint. After each stage the final checkpoint is scored on both
 held-out splits and on a few robustness conditions (`CourseSettings.robust_each_stage`: a new
 accent, noise, babble, a room, non-speech); the final stage on every condition of the robust set.
 At the end a figure of the curves and a summary are written.
@@ -16,8 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tiny_audio.compose import load_config
+from tiny_audio.config import ConfigError
 from tiny_audio.data.robust import COMPACT, NON_SPEECH_CONDITION, robust_conditions
 from tiny_audio.evaluation.wer import score
 from tiny_audio.miniature.plot import plot_stages, stage_curves
@@ -107,20 +110,17 @@ class StageResult:
 
 
 def stage_overrides(miniature: Miniature, settings: CourseSettings, stage: Stage, output_dir: Path) -> list[str]:
-    """The command-line overrides of one stage: `python scripts/train.py` takes them as they are."""
+    """The command-line overrides of one stage: `python scripts/train.py` takes them as they are.
+
+    The stage's experiment file (`course_<experiment>`, configs/experiments/) holds what every
+    course run shares; these are the paths into the cache and the settings `CourseSettings` can change.
+    """
     dataset = f'{{path:"{miniature.speech}",train_splits:[train],eval_splits:[validation]}}'
     return [
-        f"+experiments={stage.experiment}",
+        f"+experiments={course_experiment(stage)}",
         f"model.audio_model_id={miniature.encoder}",
         f"model.text_model_id={miniature.llm}",
-        "model.projector_hidden_dim=256",
-        "model.dtype=float32",
-        # The stand-in encoder was pretrained on unpadded clips: its "faithful" mode is `longest`.
-        "model.encoder_padding=longest",
-        # Five passes over 3,200 clips: from the second on, the frozen encoder's outputs are reused.
-        "model.encoder_cache_gib=1",
         f"data.datasets=[{dataset}]",
-        "data.num_workers=0",
         f"data.max_eval_samples={settings.eval_clips}",
         f"training.output_dir={output_dir}",
         f"training.max_steps={stage.steps}",
@@ -129,19 +129,18 @@ def stage_overrides(miniature: Miniature, settings: CourseSettings, stage: Stage
         f"training.warmup_steps={stage.warmup_steps}",
         f"training.per_device_train_batch_size={settings.batch_size}",
         f"training.per_device_eval_batch_size={settings.batch_size}",
-        "training.gradient_accumulation_steps=1",
         f"training.eval_steps={settings.eval_steps}",
-        "training.eval_on_start=true",
         f"training.eval_wer_samples={settings.eval_clips}",
         f"training.save_steps={stage.steps}",
-        "training.logging_steps=10",
-        "training.bf16=false",
-        "training.report_to=none",
-        "training.preflight=false",
         f"training.seed={settings.seed}",
         *settings.augmentation,
         *settings.extra_overrides,
     ]
+
+
+def course_experiment(stage: Stage) -> str:
+    """The experiment file of a stage: its experiment with the course's settings on top."""
+    return f"course_{stage.experiment}"
 
 
 class CourseInterrupted(RuntimeError):
@@ -156,26 +155,48 @@ STAGE_RECORD = "course-stage.json"  # the overrides a stage folder's checkpoints
 
 
 def claim_stage_folder(output_dir: Path, overrides: list[str]) -> None:
-    """Refuse a folder whose checkpoints came from other overrides (another --set, newer stand-ins), then record ours.
+    """Refuse a folder whose checkpoints came from other settings (another --set, newer stand-ins), then record ours.
 
     Without this, `ta course --set ...` into the same --out would silently reuse the earlier
     stages, and a course run after an upgrade would resume from checkpoints of other stand-ins.
+    Overrides written differently that resolve to the same settings match: a folder trained
+    before the stages became experiment files is kept.
     """
     record = output_dir / STAGE_RECORD
     if checkpoints.latest_checkpoint(output_dir) is not None:
         saved = json.loads(record.read_text()) if record.is_file() else None
-        if saved != overrides:
-            differ = (
-                ["no record: another version of the course"]
-                if saved is None
-                else sorted(set(overrides) ^ set(saved))[:2]
-            )
+        differ = ["no record: another version of the course"] if saved is None else setting_changes(saved, overrides)
+        if differ:
             raise CourseMismatch(
-                f"{output_dir} holds a stage trained with other settings or stand-ins ({'; '.join(differ)}): "
+                f"{output_dir} holds a stage trained with other settings or stand-ins ({'; '.join(differ[:2])}): "
                 f"delete {output_dir.parent} or pass --out DIR to train this course elsewhere"
             )
     output_dir.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(overrides, indent=1) + "\n")
+
+
+def setting_changes(saved: list[str], overrides: list[str]) -> list[str]:
+    """`key=saved value (now new value)` for each resolved setting the two override lists set differently.
+
+    The experiment's name is left out: it names the file the settings came from, not a setting.
+    """
+    if saved == overrides:
+        return []
+    try:
+        before = _flat(asdict(load_config(saved)))
+    except ConfigError as error:
+        return [f"its recorded overrides no longer compose: {error}"]
+    now = _flat(asdict(load_config(overrides)))
+    keys = sorted((before.keys() | now.keys()) - {"experiment"})
+    return [f"{key}={before.get(key)} (now {now.get(key)})" for key in keys if before.get(key) != now.get(key)]
+
+
+def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        flat.update(_flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return flat
 
 
 def run_course(
