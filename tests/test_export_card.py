@@ -1,7 +1,7 @@
 """The model card from a real short run's records, the automatic export at the end of training, and `ta push`.
 
 The Hub cannot be reached here: `ta push` runs against a stand-in for HfApi's two calls (create_repo,
-upload_large_folder), and the missing-token case replaces huggingface_hub's token lookup.
+upload_folder), and the missing-token case replaces huggingface_hub's token lookup.
 """
 
 from __future__ import annotations
@@ -211,9 +211,9 @@ class FakeHfApi:
             raise RepositoryNotFoundError("404 Client Error", response=response)
         return f"{self.endpoint}/{repo_id}"
 
-    def upload_large_folder(self, **kwargs: Any) -> None:
+    def upload_folder(self, **kwargs: Any) -> None:
         folder = Path(kwargs["folder_path"])
-        self.calls.append(("upload_large_folder", {**kwargs, "files": sorted(p.name for p in folder.iterdir())}))
+        self.calls.append(("upload_folder", {**kwargs, "files": sorted(p.name for p in folder.iterdir())}))
 
 
 def test_push_exports_and_uploads_with_the_repo_in_the_card(short_run: Path, monkeypatch, tmp_path: Path) -> None:

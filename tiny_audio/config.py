@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    path: str = MISSING  # hub id, local directory (audiofolder, parquet or jsonl), or base URL of data_files
+    path: str  # hub id, local directory (audiofolder, parquet or jsonl), or base URL of data_files
     name: str | None = None
     # Files per split when `path` is an http(s)://, s3:// or gs:// URL: names relative to it (or full
     # URLs), parquet or jsonl; `{00000..00127}` expands to a numbered range. See data.remote.
@@ -267,7 +268,7 @@ NON_SPEECH_KINDS = ("silence", "low_noise", "hum", "tone", "clicks", "tone_seque
 NOISE_FILE_KIND = "noise_file"  # a non-speech kind drawn from data.augment.noise.dir
 
 
-def _require_range(value: list[float], key: str, low: float, high: float, example: str) -> None:
+def _require_range(value: Sequence[float], key: str, low: float, high: float, example: str) -> None:
     """A [low, high] pair inside [low, high] bounds, e.g. `data.augment.noise.snr_db=[0, 20]`."""
     ok = len(value) == 2 and low <= value[0] <= value[1] <= high
     _require(ok, key, list(value), f"[low, high] with {low} <= low <= high <= {high}, e.g. {example}")
@@ -688,7 +689,7 @@ def _check_keys(node: Any, schema: type, prefix: str) -> None:
     known = {f.name: f for f in fields(schema)}
     hints = typing.get_type_hints(schema)
     for key in node:
-        full = f"{prefix}.{key}" if prefix else str(key)
+        full = _join(prefix, str(key))
         if key not in known:
             close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
             hint = f"did you mean '{_join(prefix, close[0])}'?" if close else f"known keys: {', '.join(known)}"

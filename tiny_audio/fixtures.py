@@ -13,6 +13,7 @@ import random
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -312,7 +313,7 @@ def _build_glm_asr(path: Path, shape: str, seed: int) -> None:
     # The language model is never loaded by the project, only its keys must exist: keep it tiny.
     config = GlmAsrConfig(audio_config=audio, text_config=_tiny_llama(1024), audio_token_id=1000)
     torch.manual_seed(seed)
-    model = GlmAsrForConditionalGeneration(config).to(_DTYPE[shape])
+    model = GlmAsrForConditionalGeneration(config).to(_DTYPE[shape])  # type: ignore[arg-type]  # @wraps hides self
     # transformers names these `model.audio_tower.*` in memory but saves the checkpoint's legacy
     # `audio_tower.*`, `language_model.*`, `multi_modal_projector.*` keys, as the real repo has.
     model.save_pretrained(path, max_shard_size=_GLM_SHARD_SIZE[shape])
@@ -321,7 +322,7 @@ def _build_glm_asr(path: Path, shape: str, seed: int) -> None:
 
 def _build_whisper(path: Path, shape: str, seed: int) -> None:
     # "full" is whisper-large-v3's encoder; the decoder shares d_model but is one layer deep.
-    dims = (
+    dims: dict[str, Any] = (
         {
             "d_model": 1280,
             "encoder_layers": 32,
@@ -355,7 +356,7 @@ def _build_whisper(path: Path, shape: str, seed: int) -> None:
         begin_suppress_tokens=None,
     )
     torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(config).to(_DTYPE[shape])
+    model = WhisperForConditionalGeneration(config).to(_DTYPE[shape])  # type: ignore[arg-type]  # @wraps hides self
     model.save_pretrained(path)
     _feature_extractor(dims["num_mel_bins"]).save_pretrained(path)
 
@@ -367,9 +368,9 @@ def _feature_extractor(n_mels: int) -> WhisperFeatureExtractor:
 def _build_qwen3(path: Path, shape: str, seed: int) -> None:
     tokenizer = train_chatml_tokenizer(_corpus(seed), _TINY_BPE_VOCAB)
     tokenizer.save_pretrained(path)
-    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    dims = (
+    pad_id: int = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # type: ignore[assignment]  # one token, one id
+    eos_id: int = tokenizer.convert_tokens_to_ids("<|im_end|>")  # type: ignore[assignment]  # one token, one id
+    dims: dict[str, Any] = (
         {
             "hidden_size": 1024,
             "num_hidden_layers": 28,
@@ -405,7 +406,7 @@ def _build_qwen3(path: Path, shape: str, seed: int) -> None:
         pad_token_id=pad_id,
     )
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config).to(_DTYPE[shape])
+    model = Qwen3ForCausalLM(config).to(_DTYPE[shape])  # type: ignore[arg-type]  # @wraps hides self
     model.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=[eos_id, pad_id], pad_token_id=pad_id)
     model.save_pretrained(path)
 

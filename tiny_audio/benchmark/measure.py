@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.hooks import RemovableHandle
 
 from tiny_audio.benchmark.counted import counted_step_flops
 from tiny_audio.benchmark.flops import batch_shapes, step_flops
@@ -55,7 +56,7 @@ class PartTimer:
         self.totals: dict[str, float] = defaultdict(float)
         self._start: dict[str, float] = {}
         decoder = getattr(model.causal_lm, model.causal_lm.base_model_prefix)
-        self.handles = []
+        self.handles: list[RemovableHandle] = []
         for name, module in (("encoder_forward", model.encoder), ("projector_forward", model.projector)):
             self._hook(name, module)
         self._hook("llm_forward", decoder)
@@ -81,7 +82,11 @@ class PartTimer:
 
 def loader(samples: list[dict[str, Any]], collate: Any, batch_size: int, workers: int) -> DataLoader:
     return DataLoader(
-        samples, batch_size=batch_size, collate_fn=collate, num_workers=workers, **loader_speedups(workers)
+        samples,  # type: ignore[arg-type]  # a list is a map-style dataset; torch types only Dataset
+        batch_size=batch_size,
+        collate_fn=collate,
+        num_workers=workers,
+        **loader_speedups(workers),
     )
 
 
@@ -126,9 +131,9 @@ def measure(
     hop = model.encoder.feature_extractor.hop_length
     parts = PartTimer(model, device)
     timings: dict[str, list[float]] = defaultdict(list)
-    totals = defaultdict(float)
+    totals: dict[str, float] = defaultdict(float)
     flops: dict[str, dict[str, float]] = {"as_run": defaultdict(float), "useful": defaultdict(float)}
-    first_step_end = None
+    first_step_end: float | None = None
     timed_inputs = []
     batches: Iterator[dict[str, Any]] = iter(loader(samples, collate, batch_size, workers))
     for index in range(len(samples) // batch_size):
@@ -172,6 +177,7 @@ def measure(
     steps = len(timings["step"])
     if steps == 0:
         raise ValueError(f"no timed steps: {len(samples) // batch_size} steps for {warmup} warm-up steps; add --steps")
+    assert first_step_end is not None  # set by the first step
     # What the timed steps ran, counted op by op on the same batches after the timing.
     counted = sum(counted_step_flops(model, inputs, bf16_autocast(cfg, device)) for inputs in timed_inputs)
     flops["counted"] = {"total": counted}

@@ -109,8 +109,8 @@ class AudioAugmenter:
             assert self.rir_files is not None
             rir = self._file(self.rir_files, rng, skipped)
         if rir is None:
-            rt60 = float(rng.uniform(*cfg.rt60))
-            rir = effects.room_impulse_response(rt60, float(rng.uniform(*cfg.room_size)), self.sample_rate, rng)
+            rt60 = _uniform(rng, cfg.rt60)
+            rir = effects.room_impulse_response(rt60, _uniform(rng, cfg.room_size), self.sample_rate, rng)
         return effects.reverberate(audio, rir)
 
     def _noise(
@@ -119,7 +119,7 @@ class AudioAugmenter:
         cfg = self.cfg.noise
         if not rng.random() < cfg.prob:
             return audio
-        snr = float(rng.uniform(*cfg.snr_db))
+        snr = _uniform(rng, cfg.snr_db)
         source = _choose(rng, NOISE_SOURCES, vars(cfg.sources))
         noise = None
         if source == "babble" and others:
@@ -152,7 +152,7 @@ class AudioAugmenter:
         cfg = self.cfg.gain
         if not rng.random() < cfg.prob:
             return audio
-        return effects.gain(audio, float(rng.uniform(*cfg.db)))
+        return effects.gain(audio, _uniform(rng, cfg.db))
 
     @staticmethod
     def _file(files: EffectFiles, rng: np.random.Generator, skipped: list) -> np.ndarray | None:
@@ -164,6 +164,12 @@ class AudioAugmenter:
 
 def _rng(key: list[int], effect: int) -> np.random.Generator:
     return np.random.default_rng([*key, effect])
+
+
+def _uniform(rng: np.random.Generator, bounds: list[float]) -> float:
+    """A draw from a [low, high] pair of the config (validated to be two numbers)."""
+    low, high = bounds
+    return float(rng.uniform(low, high))
 
 
 def _fast_length(length: int) -> int:

@@ -19,6 +19,7 @@ position, just after the worker's last record, so no record is lost or read twic
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,16 @@ START = Position(segment=0, source_state=None, index=0, read=0)
 
 class SourceCursor:
     """Yields one worker's records of one source in shuffled order; `next()` is None at a pass's end."""
+
+    # The current pass, set by `_begin_pass`.
+    _segments: list[int]
+    _rng: np.random.Generator
+    _buffer: list[tuple[int, dict[str, Any], Position]]
+    _here: Position
+    _segment: int
+    _index: int
+    _iterator: Iterator[dict[str, list[Any]]] | None  # over the open segment's records, one per batch
+    _dataset: RecordStream | None  # the open segment
 
     def __init__(
         self,
@@ -100,11 +111,11 @@ class SourceCursor:
         """The next record of this worker's share, in source order; None when the share is read."""
         while self._segment < len(self._segments):
             if self._iterator is None:
-                self._open_segment()
+                self._iterator = self._open_segment()
             if self.cap is not None and self._index >= self.cap:
                 break
             try:
-                batch = next(self._iterator, None)  # type: ignore[call-overload]
+                batch = next(self._iterator, None)
             except Exception as error:
                 self._reopen_after(error)
                 continue
@@ -118,18 +129,19 @@ class SourceCursor:
             self._index += 1
             if not self.by_shards and index % self.workers != self.worker:
                 continue
+            assert self._dataset is not None  # opened with the iterator
             self._here = Position(self._segment, self._dataset.state_dict(), self._index, self._here.read + 1)
             return {key: values[0] for key, values in batch.items()}
         return None
 
-    def _open_segment(self) -> None:
+    def _open_segment(self) -> Iterator[dict[str, list[Any]]]:
         position = self._here
         dataset = self._segment_dataset(self._segments[self._segment])
         if position.segment == self._segment and position.source_state is not None:
             dataset.load_state_dict(position.source_state)
         self._dataset = dataset
         # `iter` rather than `for record in dataset`: the latter splits by dataloader worker again.
-        self._iterator = iter(dataset.iter(batch_size=1))
+        return iter(dataset.iter(batch_size=1))
 
     def _reopen_after(self, error: Exception) -> None:
         """After a backoff, read the segment again from just after this worker's last record.
@@ -156,11 +168,11 @@ class SourceCursor:
     def _begin_pass(self, at: Position) -> None:
         self._segments = self._plan(self.passes)
         self._rng = np.random.default_rng([self.seed, self.source, self.passes, self.worker])
-        self._buffer: list[tuple[int, dict[str, Any], Position]] = []
+        self._buffer = []
         self._here = at
         self._segment, self._index = at.segment, at.index
-        self._iterator: Any = None
-        self._dataset: RecordStream | None = None
+        self._iterator = None
+        self._dataset = None
 
     def _plan(self, number: int) -> list[int]:
         """The segments this worker reads in pass `number`: its shards in a per-pass order, or the source."""

@@ -73,8 +73,8 @@ TRAIN_VOICES = tuple(accent + variant for accent in TRAIN_ACCENTS + FOREIGN_ACCE
 HELD_OUT_VOICE = "en-gb-scotland"  # Scottish English: an accent no training voice has
 # Kept out of training for robustness test sets (unseen accents, timbres and languages).
 RESERVED_ACCENTS = ("en-gb-scotland", "fr", "fr-be", "es", "es-419", "it", "hi", "pl", "pt", "pt-br", "ru", "tr", "vi")
-RESERVED_VARIANTS = ("+m7", "+m8", "+f5", "+klatt4", "+klatt5", "+croak", "+edward", "+linda", "+steph")
-RESERVED_VARIANTS += ("+norbert", "+Michael", "+anika", "+whisperf")
+RESERVED_VARIANTS: tuple[str, ...] = ("+m7", "+m8", "+f5", "+klatt4", "+klatt5", "+croak", "+edward", "+linda")
+RESERVED_VARIANTS += ("+steph", "+norbert", "+Michael", "+anika", "+whisperf")
 RATES = (120, 215)  # words per minute; espeak's default is 175. Faster and slower: test sets only
 PITCHES = (20, 80)  # 0-99; espeak's default is 50
 SPLITS = ("train", "validation", "validation_new_voice")

@@ -117,8 +117,8 @@ def _resolve_one(value: str, split: str | None, config: str | None, audio: str, 
         chosen = [split] if split and split != ALL_SPLITS else _local_splits(directory, split)
         return [TestSet(f"{directory.name}:{name}", value, config, name, audio, text) for name in chosen]
     if value.count("/") == 1 and not value.startswith((".", "/", "~")):
-        chosen = split or "test"
-        return [TestSet(f"{value}:{chosen}", value, config, chosen, audio, text)]
+        split_name = split or "test"
+        return [TestSet(f"{value}:{split_name}", value, config, split_name, audio, text)]
     raise UnknownTestSet(
         f"unknown test set '{value}'; choose from {known_names()}, or give a local directory or a Hub id (owner/name)"
     )

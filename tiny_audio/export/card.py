@@ -157,8 +157,8 @@ def build_card(
 
 def _exported_files(checkpoint: Path, export_dir: Path | None) -> dict[str, str]:
     """What the files say (LoRA kept, merged or absent; frozen weights included or referenced; stored dtype)."""
-    config = json.loads((export_dir / "config.json").read_text()) if export_dir is not None else None
-    if config is not None:
+    if export_dir is not None:
+        config = json.loads((export_dir / "config.json").read_text())
         merged = config.get("exported_from", {}).get("lora_merged", False)
         has_lora = config.get("lora") is not None
         included = [m for m in ("audio_model", "text_model") if config.get(m) == m]

@@ -21,13 +21,14 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 import transformers
 from omegaconf import OmegaConf
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import AutoFeatureExtractor, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoFeatureExtractor, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from tiny_audio import runtime
 from tiny_audio.config import ModelConfig
@@ -36,7 +37,7 @@ from tiny_audio.folders import staging_folder, swap_in
 from tiny_audio.model import decoder_weights
 from tiny_audio.model.build import LORA_DIR, MODEL_CONFIG_FILE, PROJECTOR_FILE, read_model_config
 from tiny_audio.quiet import peft_wrapping
-from tiny_audio.runtime.assembly import PROJECTOR_PREFIX, WEIGHTS_FILE
+from tiny_audio.runtime.assembly import PROJECTOR_PREFIX, WEIGHTS_FILE, token_embeddings
 from tiny_audio.runtime.encoder import encoder_layout, load_audio_encoder
 
 HUB_CODE_DIR = Path(__file__).resolve().parent / "hub_code"
@@ -200,26 +201,27 @@ def _write_config(
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _load_llm(cfg: ModelConfig) -> torch.nn.Module:
+def _load_llm(cfg: ModelConfig) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(cfg.text_model_id, dtype=getattr(torch, cfg.dtype))
 
 
-def _trained_llm(cfg: ModelConfig, checkpoint: Path) -> torch.nn.Module:
+def _trained_llm(cfg: ModelConfig, checkpoint: Path) -> PreTrainedModel:
     """`model.text_model_id`'s architecture with the checkpoint's trained decoder weights, in `model.dtype`."""
     llm = _load_llm(cfg)
     vocabulary = len(AutoTokenizer.from_pretrained(str(checkpoint)))
-    if vocabulary > llm.get_input_embeddings().num_embeddings:  # as build_model grew it for `<audio>`
+    if vocabulary > token_embeddings(llm).num_embeddings:  # as build_model grew it for `<audio>`
         llm.resize_token_embeddings(vocabulary, mean_resizing=False)
     decoder_weights.load_decoder(llm, checkpoint)
     return llm
 
 
-def _merged_llm(cfg: ModelConfig, adapter: Path, base: torch.nn.Module | None = None) -> torch.nn.Module:
+def _merged_llm(cfg: ModelConfig, adapter: Path, base: PreTrainedModel | None = None) -> PreTrainedModel:
     """The LLM (`base`, else the id's) with W + (alpha/r)·BA folded into its weights: no PEFT at inference,
     same outputs up to rounding."""
     llm = base if base is not None else _load_llm(cfg)
     with peft_wrapping():
-        return PeftModel.from_pretrained(llm, str(adapter)).merge_and_unload()
+        # peft types the unwrapped model as any module; it is the PreTrainedModel it wrapped.
+        return cast(PreTrainedModel, PeftModel.from_pretrained(llm, str(adapter)).merge_and_unload())
 
 
 def _save_encoder(cfg: ModelConfig, directory: Path) -> None:

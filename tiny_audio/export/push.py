@@ -1,7 +1,8 @@
 """`ta push`: export a checkpoint and upload the export with its model card to a Hub model repo.
 
 The token comes from HF_TOKEN or `hf auth login` through huggingface_hub, never from the command
-line. `upload_large_folder` uploads in resumable pieces: run the same command again to resume.
+line. `upload_folder` (huggingface_hub 2 with hf_xet) uploads in resumable batches: run the same command
+again to resume. (huggingface_hub 2 has no `upload_large_folder`.)
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def push_model(
     api = api or HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_large_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", private=private)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model")
     except RepositoryNotFoundError:
         raise PushError(
             f"the Hub refused repo '{repo_id}': it does not exist and could not be created; check the owner name "

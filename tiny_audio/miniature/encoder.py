@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,7 +128,7 @@ class FeatureBatches:
     def __init__(self, audios: Sequence[np.ndarray], texts: Sequence[str], batch_size: int) -> None:
         extractor = feature_extractor()
         order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
-        self.batches: list[dict[str, Tensor]] = []
+        self.batches: list[dict[str, Any]] = []  # tensors, and the batch's texts
         for start in range(0, len(order), batch_size):
             indices = order[start : start + batch_size]
             clips = [audios[i] for i in indices]

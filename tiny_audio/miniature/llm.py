@@ -30,6 +30,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
+from tiny_audio.runtime.assembly import token_embeddings
 from tiny_audio.runtime.prompts import AUDIO_TOKEN, PromptBuilder
 from tiny_audio.runtime.speech_llm import IGNORE_INDEX
 from tiny_audio.tokenizer import embedding_rows, train_chatml_tokenizer
@@ -60,8 +61,9 @@ def build_tokenizer(sentences: Sequence[str], recipe: LlmRecipe) -> PreTrainedTo
 
 
 def build_llm(tokenizer: PreTrainedTokenizerBase, recipe: LlmRecipe, seed: int) -> Qwen3ForCausalLM:
-    pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # The ignores: transformers types the id of one token as `int | list[int]`.
+    pad_id: int = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # type: ignore[assignment]
+    eos_id: int = tokenizer.convert_tokens_to_ids("<|im_end|>")  # type: ignore[assignment]
     config = Qwen3Config(
         vocab_size=embedding_rows(len(tokenizer)),
         hidden_size=recipe.hidden_size,
@@ -131,7 +133,7 @@ def plain_words(sentence: str) -> str:
 
 
 def copy_loss(model: Qwen3ForCausalLM, batch: dict[str, Tensor]) -> Tensor:
-    embeddings = model.get_input_embeddings()
+    embeddings = token_embeddings(model)
     embeds = embeddings(batch["input_ids"])  # B, T, H
     rms = embeddings.weight.detach().pow(2).mean().sqrt()
     noise = torch.randn_like(embeds) * (batch["noise"][:, None, None] * rms)
@@ -182,6 +184,7 @@ def copy_accuracy(model: Qwen3ForCausalLM, task: CopyTask, sentences: Sequence[s
         out = model.generate(
             torch.tensor([ids]), max_new_tokens=64, do_sample=False, eos_token_id=task.prompts.end_of_turn_id
         )
-        text = task.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+        # The ignore: transformers types the text of one sequence as `str | list[str]`.
+        text: str = task.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)  # type: ignore[assignment]
         correct += plain_words(text) == plain_words(sentence)
     return correct / max(len(sentences), 1)

@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub import snapshot_download
@@ -48,7 +49,8 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
         if cfg.decoder_trainable:
             # float32 master weights, as the projector keeps: an AdamW update of 2e-5 x a bf16 weight
             # is below bf16's resolution and would round away. bf16 autocast still does the compute.
-            llm.to(torch.float32).requires_grad_(True)
+            # (The ignore: transformers' @wraps(nn.Module.to) hides `self` from type checkers.)
+            llm.to(torch.float32).requires_grad_(True)  # type: ignore[arg-type]
         if not cfg.lora.enabled:
             return llm
         lora = PeftLoraConfig(
@@ -104,9 +106,10 @@ def load_weights(model: SpeechLLM, directory: Path, *, lora: bool = True) -> lis
         loaded.append("decoder")
     adapter = directory / LORA_DIR / "adapter_model.safetensors"
     if lora and adapter.exists() and isinstance(model.llm, PeftModel):
-        result = set_peft_model_state_dict(model.llm, load_file(str(adapter)))
-        if result.unexpected_keys:
-            raise ValueError(f"LoRA adapter in {directory} does not fit this model: {result.unexpected_keys[:3]}")
+        # peft annotates the result (torch's _IncompatibleKeys) as a bare `namedtuple`.
+        unexpected = set_peft_model_state_dict(model.llm, load_file(str(adapter))).unexpected_keys  # type: ignore[attr-defined]
+        if unexpected:
+            raise ValueError(f"LoRA adapter in {directory} does not fit this model: {unexpected[:3]}")
         loaded.append("lora")
     elif adapter.exists() and model.config.decoder_trainable:
         decoder_weights.merge_lora(model.causal_lm, adapter.parent)
@@ -126,7 +129,7 @@ def load_pretrained(
     device: str | None = None,
     log: Callable[[str], None] = _to_stderr,
     native: frozenset[str] | None = None,
-    **overrides: object,
+    **overrides: Any,
 ) -> SpeechLLM:
     """Load a saved model (a directory, a checkpoint directory or a hub repo id) for inference.
 

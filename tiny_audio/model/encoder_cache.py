@@ -6,10 +6,13 @@ Training attaches it to the runtime's AudioEncoder (`model.encoder_cache_gib`); 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 class EncoderCache:
@@ -80,8 +83,8 @@ class EncoderCache:
         )
 
 
-def _group_by(items: list[int], keys: list[int]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
+def _group_by(items: list[int], keys: list[Key]) -> dict[Key, list[int]]:
+    groups: dict[Key, list[int]] = {}
     for item, key in zip(items, keys, strict=True):
         groups.setdefault(key, []).append(item)
     return groups

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tiny_audio.runtime.assembly import token_embedding_rms
+from tiny_audio.runtime.assembly import token_embedding_rms, token_embeddings
+from tiny_audio.runtime.projectors import Projector
 from tiny_audio.runtime.speech_llm import SpeechLLM
 
 
 @torch.no_grad()
-def projected_rms(projector: nn.Module, hidden: Tensor, lengths: Tensor) -> float:
+def projected_rms(projector: Projector, hidden: Tensor, lengths: Tensor) -> float:
     """RMS of a projector's outputs for encoder states `hidden`, over each clip's real positions only."""
     was_training = projector.training
     projector.eval()  # dropout would both distort the figure and consume random numbers
@@ -39,7 +40,7 @@ def projector_scale_ratio(model: SpeechLLM, batch: dict[str, Any]) -> float:
 
 
 def _text_rms(model: SpeechLLM) -> float:
-    return token_embedding_rms(model.causal_lm.get_input_embeddings(), len(model.tokenizer) - 1)
+    return token_embedding_rms(token_embeddings(model.causal_lm), len(model.tokenizer) - 1)
 
 
 class StepZeroScale:
@@ -55,10 +56,10 @@ class StepZeroScale:
         self.ratio: float | None = None
         self._handle = model.projector.register_forward_hook(self._measure)
 
-    def _measure(self, projector: nn.Module, args: tuple[Tensor, Tensor], _output: object) -> None:
+    def _measure(self, _projector: nn.Module, args: tuple[Tensor, Tensor], _output: object) -> None:
         self._handle.remove()
         hidden, lengths = args
-        self.ratio = projected_rms(projector, hidden.detach(), lengths) / _text_rms(self.model)
+        self.ratio = projected_rms(self.model.projector, hidden.detach(), lengths) / _text_rms(self.model)
         self.log(
             f"Projector output RMS at step 0 is {self.ratio:.3g}x the LLM's token-embedding RMS "
             "(1 = as loud as text; model.projector_output_norm=true makes it 1)."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from peft import PeftModel
@@ -53,10 +54,10 @@ def assemble_speech_llm(
     require_plain_lm_head(llm.config, text_model)
     # Qwen3-0.6B has 151,936 rows for 151,669 tokens: the new id usually fits, and resizing a
     # tied checkpoint would only add memory. The row's value never matters: audio replaces it.
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+    if len(tokenizer) > token_embeddings(llm).num_embeddings:
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     llm.requires_grad_(False)
-    embeddings = llm.get_input_embeddings()
+    embeddings = token_embeddings(llm)
     embedding_rms = 1.0  # trained weights replace the output norm's initial gain: nothing to measure for it
     if projector_state is None:
         embedding_rms = token_embedding_rms(embeddings, len(tokenizer) - 1)  # all but `<audio>`
@@ -64,9 +65,8 @@ def assemble_speech_llm(
     if projector_state is not None:
         projector.load_state_dict(projector_state)
         projector.requires_grad_(False)
-    if adapt_llm is not None:
-        llm = adapt_llm(llm)
-    return SpeechLLM(encoder, projector, llm, tokenizer, settings)
+    adapted = llm if adapt_llm is None else adapt_llm(llm)
+    return SpeechLLM(encoder, projector, adapted, tokenizer, settings)
 
 
 def require_plain_lm_head(config: PretrainedConfig, model_id: str) -> None:
@@ -78,6 +78,11 @@ def require_plain_lm_head(config: PretrainedConfig, model_id: str) -> None:
                 "labels-only LM head would skip and so train against other logits than the model's; "
                 "use a decoder without it (e.g. Qwen/Qwen3-0.6B)"
             )
+
+
+def token_embeddings(llm: PreTrainedModel) -> nn.Embedding:
+    """The decoder's token-embedding table (transformers types it as any module)."""
+    return cast(nn.Embedding, llm.get_input_embeddings())
 
 
 def token_embedding_rms(embeddings: nn.Embedding, n_tokens: int) -> float:

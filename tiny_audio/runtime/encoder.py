@@ -18,7 +18,7 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from safetensors import safe_open
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoFeatureExtractor, PretrainedConfig
+from transformers import AutoConfig, AutoFeatureExtractor, PretrainedConfig, PreTrainedModel
 from transformers.models.glmasr.modeling_glmasr import GlmAsrEncoder
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -29,7 +29,7 @@ WHISPER_FRAMES = 3000  # learned positions cover exactly 30 s of mel frames
 class EncoderLayout:
     """Where an encoder lives inside a checkpoint and how to build it."""
 
-    module_class: type[nn.Module]
+    module_class: type[PreTrainedModel]
     prefixes: tuple[str, ...]  # checkpoint key prefixes, legacy names first
     fixed_frames: int | None  # mel frames every input must be padded to, if any
 
@@ -57,7 +57,7 @@ class FrameCache(Protocol):
 class AudioEncoder(nn.Module):
     """A frozen encoder from mel features (B, n_mels, frames) to hidden states (B, T, D)."""
 
-    def __init__(self, module: nn.Module, feature_extractor, fixed_frames: int | None) -> None:
+    def __init__(self, module: PreTrainedModel, feature_extractor, fixed_frames: int | None) -> None:
         super().__init__()
         self.module = module
         self.feature_extractor = feature_extractor
@@ -114,7 +114,7 @@ def load_audio_encoder(model_id: str, dtype: torch.dtype, attn_implementation: s
         module = layout.module_class(encoder_config)
     state = read_prefixed_tensors(model_id, layout.prefixes)
     module.load_state_dict(state, strict=True, assign=True)
-    module.to(dtype)
+    module.to(dtype)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) hides self
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_id)
     return AudioEncoder(module, feature_extractor, layout.fixed_frames)
 

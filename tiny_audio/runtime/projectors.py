@@ -7,6 +7,8 @@ an auxiliary loss.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,7 +28,21 @@ def stack_frames(x: Tensor, stride: int) -> Tensor:
     return x[:, :t].reshape(b, t // stride, d * stride)  # B, T, D -> B, T/k, D*k
 
 
-class FrameStackingProjector(nn.Module):
+class Projector(nn.Module, ABC):
+    """What the model asks of every projector besides `forward(x, lengths) -> (embeddings, aux_loss)`."""
+
+    @property
+    @abstractmethod
+    def frame_unit(self) -> int:
+        """Frames each output depends on as a group: outputs for a frame prefix that is a whole number
+        of units do not depend on frames past it."""
+
+    @abstractmethod
+    def output_lengths(self, encoder_lengths: Tensor) -> Tensor:
+        """Embeddings emitted per clip: one `<audio>` token each in the prompt."""
+
+
+class FrameStackingProjector(Projector):
     """Base for projectors that stack `stride` frames before mixing them."""
 
     def __init__(self, stride: int) -> None:
@@ -35,8 +51,6 @@ class FrameStackingProjector(nn.Module):
 
     @property
     def frame_unit(self) -> int:
-        """Frames each output depends on as a group: outputs for a frame prefix that is a whole number
-        of units do not depend on frames past it."""
         return self.stride
 
     def output_lengths(self, encoder_lengths: Tensor) -> Tensor:
@@ -143,7 +157,7 @@ def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
 
 
-class QFormerProjector(nn.Module):
+class QFormerProjector(Projector):
     """Learnable queries cross-attend over fixed windows of encoder frames (Blip-2 Q-Former).
 
     Each window of `window_size` frames yields `num_queries` tokens, so the token rate is fixed
@@ -191,10 +205,10 @@ class QFormerProjector(nn.Module):
         return self.out(hidden), None
 
 
-class OutputNormProjector(nn.Module):
+class OutputNormProjector(Projector):
     """A projector followed by an RMSNorm whose gain starts at the LLM's token-embedding RMS."""
 
-    def __init__(self, projector: nn.Module, llm_dim: int, embedding_rms: float) -> None:
+    def __init__(self, projector: Projector, llm_dim: int, embedding_rms: float) -> None:
         super().__init__()
         self.projector = projector
         self.norm = nn.RMSNorm(llm_dim, eps=1e-6)
@@ -212,8 +226,8 @@ class OutputNormProjector(nn.Module):
         return self.norm(projected), aux_loss
 
 
-def build_projector(cfg: ModelSettings, encoder_dim: int, llm_dim: int, embedding_rms: float = 1.0) -> nn.Module:
+def build_projector(cfg: ModelSettings, encoder_dim: int, llm_dim: int, embedding_rms: float = 1.0) -> Projector:
     """The configured projector; with `cfg.projector_output_norm`, its output normalised to `embedding_rms`."""
-    projector_class: type[nn.Module] = globals()[projector_spec(cfg.projector_type).builder]
+    projector_class: type[Projector] = globals()[projector_spec(cfg.projector_type).builder]
     projector = projector_class(encoder_dim, llm_dim, cfg)
     return OutputNormProjector(projector, llm_dim, embedding_rms) if cfg.projector_output_norm else projector

@@ -7,6 +7,7 @@ saves and loads what training changed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .encoder import AudioEncoder
+from .projectors import Projector
 from .prompts import PromptBuilder
 from .settings import ModelSettings
 
@@ -41,7 +43,7 @@ class SpeechLLM(nn.Module):
     def __init__(
         self,
         encoder: AudioEncoder,
-        projector: nn.Module,
+        projector: Projector,
         llm: PreTrainedModel | PeftModel,
         tokenizer: PreTrainedTokenizerBase,
         config: ModelSettings,
@@ -70,7 +72,7 @@ class SpeechLLM(nn.Module):
     @property
     def causal_lm(self) -> PreTrainedModel:
         """The underlying causal LM; LoRA layers, if any, are injected into it in place."""
-        return self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+        return cast(PreTrainedModel, self.llm.get_base_model()) if isinstance(self.llm, PeftModel) else self.llm
 
     def audio_token_counts(self, encoder_lengths: Tensor) -> Tensor:
         return self.projector.output_lengths(encoder_lengths)
@@ -145,7 +147,8 @@ class SpeechLLM(nn.Module):
     ) -> Tensor:
         """Greedy decoding from left-padded prompts; returns only the new token ids."""
         embeds, _ = self.embed_inputs(input_features, encoder_lengths, input_ids, mel_lengths)
-        return self.llm.generate(
+        # transformers types PreTrainedModel without GenerationMixin, which every causal LM has.
+        return self.llm.generate(  # type: ignore[operator]
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,

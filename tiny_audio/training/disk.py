@@ -13,7 +13,7 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 class DiskFullError(OSError):
     """No space left where the run writes; the message names the last complete checkpoint."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int | None, message: str) -> None:
         super().__init__(code, message)
         self.message = message
 

@@ -31,7 +31,7 @@ def parameter_groups(model: SpeechLLM, args: TrainingConfig) -> list[dict[str, A
     lm = model.causal_lm
     decoder_ids = {id(p) for name, p in lm.named_parameters() if "lora_" not in name}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"name": "main", "params": [p for p in trainable if id(p) not in decoder_ids]},
         {
             "name": "decoder",
@@ -50,7 +50,7 @@ def build_optimizer(
     parameters instead of several per tensor). The schedule scales every group's own rate alike.
     """
     return torch.optim.AdamW(
-        list(params),
+        params,
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
@@ -128,7 +128,7 @@ def compile_unsupported_reason() -> str | None:
     return None
 
 
-def loader_speedups(num_workers: int) -> dict[str, object]:
+def loader_speedups(num_workers: int) -> dict[str, Any]:
     """On a GPU: page-locked batches (asynchronous host-to-device copies) and a deeper prefetch per worker."""
     if not torch.cuda.is_available():
         return {}

@@ -119,8 +119,8 @@ class Preflight:
             raise CheckFailed(str(error)) from None
         failure = remote.first_failure(urls, self.cfg.data.remote)
         if failure is not None:
-            url, error = failure
-            raise CheckFailed(f"{url} is unreachable ({remote.describe(error)}); check the URL and the data host")
+            url, cause = failure
+            raise CheckFailed(f"{url} is unreachable ({remote.describe(cause)}); check the URL and the data host")
         return f"{len(urls)} remote files reachable"
 
     def check_precision(self) -> str:

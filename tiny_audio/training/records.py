@@ -85,7 +85,8 @@ class RunRecordCallback(Callback):
             self.stage.update(
                 end_step=state.step, samples_seen=state.samples_seen, audio_hours=state.audio_seconds / 3600
             )
-            self.stage["train_loss"] = (state.history["train_loss"] or [None])[-1]
+            losses = state.history["train_loss"]
+            self.stage["train_loss"] = losses[-1] if losses else None
         return {"stages": copy.deepcopy(self.stages)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -254,7 +254,7 @@ class Trainer:
 
     def _log_progress(self, window: ProgressWindow, grad_norm: float, timer: StepTimer) -> None:
         step, max_steps = self.state.step, self.args.max_steps
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])  # torch types a group's rate as float or tensor
         eta = timer.eta(max_steps - step)
         cost = gpu_cost(timer, step, eta, self.args.gpu_hourly_usd)
         audio_hours = self.state.audio_seconds / 3600

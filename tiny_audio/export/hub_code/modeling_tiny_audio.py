@@ -32,6 +32,7 @@ _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_down
 
 
 class TinyAudioModel(PreTrainedModel):
+    config: TinyAudioConfig
     config_class = TinyAudioConfig
     base_model_prefix = "speech_llm"
     main_input_name = "input_features"
@@ -45,7 +46,9 @@ class TinyAudioModel(PreTrainedModel):
         self.speech_llm = speech_llm
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> TinyAudioModel:
+    def from_pretrained(  # type: ignore[override]  # a path is required; transformers' options come as kwargs
+        cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any
+    ) -> TinyAudioModel:
         """Build the frozen parts from their ids (or included folders), then load the trained weights."""
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
         root = model_directory(pretrained_model_name_or_path, **hub_kwargs)
@@ -143,6 +146,8 @@ def namespace(value: Any) -> Any:
 
 def build_speech_llm(config: TinyAudioConfig, root: Path, dtype: torch.dtype | None = None) -> SpeechLLM:
     """The runtime's assembly, as tiny_audio.model.build.build_model calls it, with trained weights from `root`."""
+    if config.audio_model is None or config.text_model is None:
+        raise ValueError(f"{root}/config.json names no audio_model or text_model: not a tiny-audio export")
     settings = namespace(config.speech_llm)
     # The exported tokenizer holds the added <audio> token. Its directory also holds this code, which is
     # running already: asking again whether to trust it would only prompt the user a second time.

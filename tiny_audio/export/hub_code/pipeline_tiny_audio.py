@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
@@ -21,6 +21,9 @@ from transformers import Pipeline
 from .audio import check_signal, decode_audio, resample, to_mono
 from .defaults import DEFAULT_BATCH_SIZE
 from .unusable import Unusable
+
+if TYPE_CHECKING:
+    from .modeling_tiny_audio import TinyAudioModel
 
 MAX_CHANNELS = 8  # an array with a dimension this small is (frames, channels) or (channels, frames)
 
@@ -35,11 +38,14 @@ class UnusableAudio(ValueError):
 
 
 class TinyAudioASRPipeline(Pipeline):
-    _load_processor = False
-    _load_image_processor = False
-    _load_video_processor = False
-    _load_feature_extractor = False
-    _load_tokenizer = False
+    # The ignores: transformers declares these flags as None only, and types a pipeline's steps with
+    # the base signatures that every pipeline narrows to its own parameters (_sanitize_parameters).
+    model: TinyAudioModel
+    _load_processor = False  # type: ignore[assignment]
+    _load_image_processor = False  # type: ignore[assignment]
+    _load_video_processor = False  # type: ignore[assignment]
+    _load_feature_extractor = False  # type: ignore[assignment]
+    _load_tokenizer = False  # type: ignore[assignment]
 
     def _sanitize_parameters(
         self, max_new_tokens: int | None = None, chunk_length_s: float | None = None, **unknown: Any
@@ -53,7 +59,9 @@ class TinyAudioASRPipeline(Pipeline):
         forward = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         return preprocess, forward, {}
 
-    def __call__(self, inputs: Any, batch_size: int | None = None, **kwargs: Any) -> dict[str, str] | list[dict]:
+    def __call__(  # type: ignore[override]
+        self, inputs: Any, batch_size: int | None = None, **kwargs: Any
+    ) -> dict[str, str] | list[dict]:
         preprocess, forward, _ = self._sanitize_parameters(**kwargs)
         preprocess = {**self._preprocess_params, **preprocess}
         forward = {**self._forward_params, **forward}
@@ -70,15 +78,19 @@ class TinyAudioASRPipeline(Pipeline):
             start += count
         return results[0] if single else results
 
-    def preprocess(self, inputs: Any, chunk_length_s: float | None = None, label: str = "audio") -> dict[str, Any]:
+    def preprocess(  # type: ignore[override]
+        self, inputs: Any, chunk_length_s: float | None = None, label: str = "audio"
+    ) -> dict[str, Any]:
         audio = self.load_audio(inputs, label=label, allow_long=chunk_length_s is not None)
         return {"pieces": split(audio, self.model.sampling_rate, chunk_length_s, self._max_seconds)}
 
-    def _forward(self, model_inputs: dict[str, Any], max_new_tokens: int | None = None) -> dict[str, Any]:
+    def _forward(  # type: ignore[override]
+        self, model_inputs: dict[str, Any], max_new_tokens: int | None = None
+    ) -> dict[str, Any]:
         extra = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         return {"texts": self.model.transcribe(model_inputs["pieces"], **extra)}
 
-    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, str]:
+    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, str]:  # type: ignore[override]
         return {"text": " ".join(text for text in model_outputs["texts"] if text)}
 
     @property
