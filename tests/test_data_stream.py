@@ -309,3 +309,28 @@ def test_train_items_carry_an_augmentation_key_per_pass_and_eval_items_none(twel
     assert [k[2] for k in keys[:12]] != [k[2] for k in keys[12:]]
     assert len({k[2] for k in keys}) == 12
     assert all("augment_key" not in item for item in build_eval_stream(cfg))
+
+
+def test_each_reader_keeps_its_shards_every_pass_in_a_new_order() -> None:
+    """Shards are dealt to readers once, so a rank's encoder-output cache meets its clips again next pass."""
+    from datasets import IterableDataset
+
+    from tiny_audio.data.cursor import SourceCursor
+
+    def records(shards: list[int]):
+        for shard in shards:
+            for index in range(3):
+                yield {"shard": shard, "index": index}
+
+    source = IterableDataset.from_generator(records, gen_kwargs={"shards": list(range(8))})
+    dealt = []
+    for reader in range(2):
+        cursor = SourceCursor(source, seed=0, source=0, worker=reader, workers=2, buffer_size=4)
+        passes = []
+        for _ in range(3):
+            passes.append([r["shard"] for r in iter(cursor.next, None)])
+            cursor.next_pass()
+        assert all(sorted(p) == sorted(passes[0]) for p in passes)  # the same shards, all of them, each pass
+        assert len({tuple(p) for p in passes}) == 3  # in a new order each pass
+        dealt.append(set(passes[0]))
+    assert dealt[0].isdisjoint(dealt[1]) and dealt[0] | dealt[1] == set(range(8))

@@ -178,11 +178,12 @@ class SourceCursor:
         """The segments this worker reads in pass `number`: its shards in a per-pass order, or the source."""
         if not self.by_shards:
             return [0]
-        shards = np.arange(self.records.num_shards)
+        # Dealt once, the same shards to a reader every pass: a rank's encoder-output cache then meets
+        # its clips again (dealt anew each pass, it would reuse about 1/N of them with N readers).
+        shards = np.arange(self.records.num_shards)[self.worker :: self.workers]
         if self.buffer_size > 0:
-            # The same permutation on every worker (no worker id in the seed), so shards are dealt out once.
             shards = np.random.default_rng([self.seed, self.source, number]).permutation(shards)
-        return [int(shard) for shard in shards[self.worker :: self.workers]]
+        return [int(shard) for shard in shards]
 
     @property
     def read_this_pass(self) -> int:
