@@ -18,14 +18,14 @@ LEVELS: list[tuple[str, ...]] = [
     # The inference runtime (with the projector registry config validates against): it imports nothing
     # else of the package, so an export copies it whole (tests/test_runtime.py).
     ("runtime",),
-    # The ground: typed config, the prompt's names where miniature/ imports them, the stand-in
-    # tokenizer, warning filters, the machine's abilities, shared file and token helpers. Each imports
-    # nothing of the package but the runtime.
+    # The ground: typed config, the stand-in tokenizer, warning filters, the machine's abilities,
+    # shared file and token helpers. Each imports nothing of the package but the runtime.
     ("config", "tokenizer", "quiet", "hardware", "folders", "hub_token"),
-    # The model, Hydra composition and the random-weight fixtures, each on the ground alone.
-    ("model", "compose", "fixtures"),
-    ("data",),  # the collator builds model inputs
-    ("training",),  # the loop, its checkpoints and the callbacks that watch it
+    ("model", "compose"),  # the model and Hydra composition, each on the ground alone
+    ("data",),  # sources, streaming, augmentation, synthetic speech and its sentence grammar
+    # The loop, its checkpoints and the callbacks that watch it; the random-weight fixtures, whose
+    # tokenizer learns the speech grammar's sentences.
+    ("training", "fixtures"),
     # Siblings above the loop: the eval callback is a training callback; the card reads the run
     # record a checkpoint carries.
     ("evaluation", "export"),

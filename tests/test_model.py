@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoConfig
 
 from tests.conftest import tone
 from tiny_audio.model.build import build_model, load_pretrained, parameter_counts, save_pretrained
@@ -151,8 +152,9 @@ def test_tied_embeddings_stay_tied_and_audio_token_fits(tiny_model_config) -> No
     model = build_model(tiny_model_config())
     lm = model.causal_lm
     assert lm.get_input_embeddings().weight.data_ptr() == lm.get_output_embeddings().weight.data_ptr()
-    assert lm.get_input_embeddings().num_embeddings == 1024  # not resized: <audio> fits the spare rows
-    assert model.prompts.audio_token_id < 1024
+    rows = AutoConfig.from_pretrained(model.config.text_model_id).vocab_size  # the saved stand-in's rows
+    assert lm.get_input_embeddings().num_embeddings == rows  # not resized: <audio> fits the spare rows
+    assert model.prompts.audio_token_id < rows
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -27,12 +27,13 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
+from tiny_audio.data.sentences import ADJECTIVES, NAMES, NOUNS, PLACES, PRESENT, make_sentence
 from tiny_audio.tokenizer import embedding_rows, train_chatml_tokenizer
 
 SHAPES = ("tiny", "full")
 _MARKER = ".complete"
 # Bump when what a build writes changes, so directories built by older code are rebuilt.
-FIXTURE_VERSION = 2
+FIXTURE_VERSION = 3
 
 # Real checkpoints are published in bf16; "full" follows so its files are the real size on disk.
 _DTYPE = {"tiny": torch.float32, "full": torch.bfloat16}
@@ -42,208 +43,6 @@ _DTYPE = {"tiny": torch.float32, "full": torch.bfloat16}
 _GLM_SHARD_SIZE = {"tiny": "200KB", "full": "1GB"}
 
 _TINY_BPE_VOCAB = 995  # + 5 added tokens = 1000
-
-_SUBJECTS = (
-    "the cat",
-    "a dog",
-    "my brother",
-    "her sister",
-    "the teacher",
-    "our neighbour",
-    "the old man",
-    "a young woman",
-    "the children",
-    "the farmer",
-    "the doctor",
-    "a student",
-    "the captain",
-    "my friend",
-    "the engineer",
-    "the musician",
-    "a stranger",
-    "the baker",
-    "the pilot",
-    "the driver",
-    "everyone",
-    "the committee",
-    "the government",
-    "the company",
-    "the river",
-    "the train",
-    "the weather",
-    "the president",
-    "the scientist",
-    "the writer",
-    "the painter",
-    "the police",
-    "the city council",
-)
-_VERBS = (
-    "saw",
-    "found",
-    "bought",
-    "carried",
-    "painted",
-    "opened",
-    "closed",
-    "visited",
-    "remembered",
-    "described",
-    "watched",
-    "followed",
-    "answered",
-    "borrowed",
-    "cleaned",
-    "delivered",
-    "discovered",
-    "explained",
-    "finished",
-    "greeted",
-    "heard",
-    "helped",
-    "imagined",
-    "joined",
-    "kept",
-    "launched",
-    "measured",
-    "noticed",
-    "ordered",
-    "packed",
-    "questioned",
-    "repaired",
-    "signed",
-    "tested",
-    "understood",
-    "wanted",
-    "wrote",
-    "read",
-    "sold",
-    "built",
-    "moved",
-    "played",
-    "started",
-    "chose",
-)
-_OBJECTS = (
-    "the house",
-    "a letter",
-    "the window",
-    "an apple",
-    "the garden",
-    "a small boat",
-    "the bridge",
-    "the newspaper",
-    "a red bicycle",
-    "the kitchen",
-    "the market",
-    "a heavy box",
-    "the station",
-    "the mountain",
-    "an umbrella",
-    "the report",
-    "the library",
-    "a new computer",
-    "the ticket",
-    "the museum",
-    "the village",
-    "the contract",
-    "a bottle of water",
-    "the evening news",
-    "the song",
-    "the picture",
-    "the problem",
-    "the answer",
-    "the money",
-    "the road",
-    "the forest",
-    "the island",
-    "the hospital",
-    "the school",
-    "the factory",
-    "the recipe",
-    "the meeting",
-    "the question",
-)
-_PLACES = (
-    "in the morning",
-    "after lunch",
-    "near the harbour",
-    "at the airport",
-    "before dinner",
-    "during the storm",
-    "on monday",
-    "on friday",
-    "last winter",
-    "next summer",
-    "in london",
-    "in paris",
-    "across the street",
-    "behind the church",
-    "under the table",
-    "without a word",
-    "with great care",
-    "in the afternoon",
-    "at midnight",
-    "by the lake",
-    "in september",
-    "in december",
-    "yesterday",
-    "today",
-    "tomorrow",
-    "twice",
-    "again",
-    "quickly",
-    "slowly",
-)
-_ADJECTIVES = (
-    "quiet",
-    "bright",
-    "famous",
-    "strange",
-    "beautiful",
-    "careful",
-    "dangerous",
-    "expensive",
-    "familiar",
-    "gentle",
-    "happy",
-    "important",
-    "large",
-    "modern",
-    "nervous",
-    "ordinary",
-    "patient",
-    "simple",
-    "terrible",
-    "useful",
-    "wonderful",
-    "ancient",
-    "curious",
-    "difficult",
-    "excellent",
-)
-_NOUNS = (
-    "people",
-    "minutes",
-    "hours",
-    "days",
-    "weeks",
-    "years",
-    "miles",
-    "kilometres",
-    "pounds",
-    "dollars",
-    "percent",
-    "books",
-    "chairs",
-    "houses",
-    "students",
-    "questions",
-    "pages",
-    "songs",
-    "cars",
-    "trees",
-)
 
 
 def build_fixtures(out_dir: Path, shape: str = "tiny", seed: int = 0) -> dict[str, Path]:
@@ -412,24 +211,26 @@ def _build_qwen3(path: Path, shape: str, seed: int) -> None:
 
 
 def _corpus(seed: int, n_sentences: int = 4000) -> Iterator[str]:
-    """English-like sentences with digits and punctuation, from a small template grammar."""
+    """The speech grammar's sentences (data/sentences.py), a share of them rewritten in the forms a
+    tokenizer meets in real transcripts: digits, money, dates, percentages, quotes, contractions."""
     rng = random.Random(seed)
-
-    def pick(words: tuple[str, ...]) -> str:
-        return rng.choice(words)
-
-    templates: tuple[Callable[[], str], ...] = (
-        lambda: f"{pick(_SUBJECTS)} {pick(_VERBS)} {pick(_OBJECTS)} {pick(_PLACES)}.",
-        lambda: f"did {pick(_SUBJECTS)} really say that {pick(_OBJECTS)} was {pick(_ADJECTIVES)}?",
-        lambda: f"{pick(_SUBJECTS)} waited {rng.randint(2, 999)} {pick(_NOUNS)}, then left.",
-        lambda: f"it's {pick(_ADJECTIVES)}; {pick(_SUBJECTS)} won't stop {pick(_PLACES)}!",
+    written: tuple[Callable[[], str], ...] = (
+        lambda: make_sentence(rng),
+        lambda: make_sentence(rng),
+        lambda: f"{rng.choice(NAMES)} waited {rng.randint(2, 999)} minutes near the {rng.choice(PLACES)}, then left.",
         lambda: (
-            f"on {rng.randint(1, 28)}/{rng.randint(1, 12)}/{rng.randint(1950, 2030)} {pick(_SUBJECTS)} "
-            f"paid ${rng.randint(1, 500)}.{rng.randint(10, 99)} for {pick(_OBJECTS)}."
+            f"it's {rng.choice(ADJECTIVES)}; {rng.choice(NAMES)} won't {rng.choice(PRESENT)} the {rng.choice(NOUNS)}!"
         ),
-        lambda: f'"{pick(_ADJECTIVES)} and {pick(_ADJECTIVES)}," said {pick(_SUBJECTS)} ({rng.randint(10, 99)}% sure).',
-        lambda: f"hello world, {pick(_SUBJECTS)} would like to transcribe the {pick(_ADJECTIVES)} speech.",
+        lambda: (
+            f"on {rng.randint(1, 28)}/{rng.randint(1, 12)}/{rng.randint(1950, 2030)} {rng.choice(NAMES)} "
+            f"paid ${rng.randint(1, 500)}.{rng.randint(10, 99)} for the {rng.choice(NOUNS)}."
+        ),
+        lambda: (
+            f'"{rng.choice(ADJECTIVES)} and {rng.choice(ADJECTIVES)}," said {rng.choice(NAMES)} '
+            f"({rng.randint(10, 99)}% sure)."
+        ),
+        lambda: f"hello world, {rng.choice(NAMES)} would like to transcribe the {rng.choice(ADJECTIVES)} speech.",
     )
     for _ in range(n_sentences):
-        sentence = rng.choice(templates)()
+        sentence = rng.choice(written)()
         yield sentence[0].upper() + sentence[1:] if rng.random() < 0.7 else sentence
