@@ -127,7 +127,10 @@ class SpeechStream(torch.utils.data.IterableDataset):
             item = {"audio": audio, "text": text, "skipped": skipped}
             if self.endless:
                 # Seeds this record's augmentation in this pass (see audio_augment.py): no state to save.
-                item["augment_key"] = augment_key(source, cursor.passes, record["sample_id"])
+                # The clip's id within its dataset (the source index tells datasets apart), so the draws
+                # do not depend on where the dataset lives: a cache under another home draws the same.
+                clip = record["sample_id"].removeprefix(f"{record['dataset']}/")
+                item["augment_key"] = augment_key(source, cursor.passes, clip)
             skipped = []
             if self.endless:
                 yield item  # skips after the last sample of a pass ride on the next pass's first
