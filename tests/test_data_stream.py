@@ -311,7 +311,6 @@ def test_train_items_carry_an_augmentation_key_per_pass_and_eval_items_none(twel
     assert all("augment_key" not in item for item in build_eval_stream(cfg))
 
 
-
 def test_augmentation_keys_do_not_depend_on_where_the_dataset_lives(twelve: Path, tmp_path: Path) -> None:
     """The same clips under another path (another user's cache) draw the same augmentation."""
     import shutil
@@ -320,6 +319,7 @@ def test_augmentation_keys_do_not_depend_on_where_the_dataset_lives(twelve: Path
     streams = [iter(build_train_stream(data_config(folder, shuffle_buffer=4))) for folder in (twelve, moved)]
     keys = [[next(stream)["augment_key"] for _ in range(24)] for stream in streams]
     assert keys[0] == keys[1]
+
 
 def test_each_reader_keeps_its_shards_every_pass_in_a_new_order() -> None:
     """Shards are dealt to readers once, so a rank's encoder-output cache meets its clips again next pass."""
