@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from tiny_audio.training.trainer import Trainer
+# The loop that calls the hooks (training/trainer.py's Trainer). It imports this module, so the hooks
+# take it untyped here; a callback annotates `trainer: Trainer` in its own overrides.
+Trainer = Any
 
 
 class Callback:
