@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ from tiny_audio.data.effect_files import EffectFilesError, require_effect_dirs
 from tiny_audio.data.stream import build_train_stream
 from tiny_audio.model.build import build_model
 from tiny_audio.recipe.run import run
-from tiny_audio.runtime.collator import collator_for
+from tiny_audio.runtime.collator import AUGMENTED, collator_for
 from tiny_audio.runtime.speech_llm import IGNORE_INDEX
 from tiny_audio.training.loaders import AugmentingCollate
 from tiny_audio.training.metrics_file import read_metrics
@@ -271,6 +272,33 @@ def test_prob_zero_effects_leave_the_clip_alone_and_prob_is_a_share() -> None:
     assert all(np.array_equal(a["audio"], b["audio"]) for a, b in zip(clips, unchanged, strict=False))
 
 
+def test_the_augmenter_marks_the_clips_it_changed_and_not_the_ones_it_left_alone() -> None:
+    """The encoder cache keeps only unmarked clips: a clip every effect skipped is the same next pass."""
+    clips = batch([[0, 0, k] for k in range(40)])
+    out = augmenter(gain={"prob": 0.3}, reverb={"prob": 0.3}, non_speech={"prob": 0.1})(clips)
+    marks = [s[AUGMENTED] for s in out]
+    assert marks == [not np.array_equal(a["audio"], b["audio"]) for a, b in zip(clips, out, strict=True)]
+    assert any(marks) and not all(marks)
+    untouched = augmenter(gain={"prob": 0.0}, speed={"prob": 0.0})(clips[:3])
+    assert not any(s[AUGMENTED] for s in untouched)
+    # Drawn, but skipped: slowing the clip down would pass data.max_duration.
+    clean = speech_like(2.0, 300)
+    slow = augmenter(max_duration=2.1, speed={"prob": 1.0, "factors": [0.8]})([sample(clean)])[0]
+    assert np.array_equal(slow["audio"], clean) and not slow[AUGMENTED]
+    silent = augmenter(non_speech={"prob": 1.0})(clips[:3])
+    assert all(s[AUGMENTED] for s in silent)
+
+
+def test_the_collator_passes_the_marks_on_as_encoder_cacheable(tiny_model_config) -> None:
+    model = build_model(tiny_model_config())
+    clips = batch([[0, 0, k] for k in range(8)])
+    augment = augmenter(gain={"prob": 0.5})
+    marks = [s[AUGMENTED] for s in augment(clips)]
+    augmented = AugmentingCollate(augment, collator_for(model, RATE))(clips)
+    assert augmented["encoder_cacheable"].tolist() == [not m for m in marks] and any(marks) and not all(marks)
+    assert collator_for(model, RATE)(clips)["encoder_cacheable"].all()  # no augmenter: every clip
+
+
 def test_non_speech_replaces_the_clip_and_empties_the_transcript() -> None:
     clips = batch([[0, 0, k] for k in range(40)])
     out = augmenter(non_speech={"prob": 1.0}, noise={"prob": 1.0})(clips)
@@ -408,6 +436,9 @@ def test_evaluation_is_never_augmented_and_the_encoder_cache_still_works(tiny_ru
         losses[name] = [m["eval/loss"] for m in evals]
         train = [m["train/loss"] for m in read_metrics(tmp_path / name) if "train/loss" in m]
         losses[f"{name} train"] = train
-        assert any(line.startswith("Encoder cache:") for line in lines)
+        (cache_line,) = [line for line in lines if line.startswith("Encoder cache:")]
+        fresh = int(re.search(r"\((\d+) augmented encoded fresh\)", cache_line).group(1))
+        # Every train clip of the loud run is augmented (2 steps x 4 clips); evaluation's are not.
+        assert fresh == (8 if name == "augmented" else 0), cache_line
     assert losses["plain"][0] == losses["augmented"][0]
     assert losses["plain train"] != losses["augmented train"]  # the train batches were augmented

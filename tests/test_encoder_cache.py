@@ -7,11 +7,13 @@ import torch
 
 from tests.conftest import tone
 from tests.test_model import SAMPLES, inputs
-from tiny_audio.config import ConfigError, SpecAugmentConfig
+from tiny_audio.config import AugmentConfig, ConfigError, SpecAugmentConfig
+from tiny_audio.data.audio_augment import AudioAugmenter
 from tiny_audio.data.augment import SpecAugment
 from tiny_audio.model.build import attach_encoder_cache, build_model
 from tiny_audio.model.encoder_cache import EncoderCache
 from tiny_audio.runtime.collator import collator_for
+from tiny_audio.training.loaders import AugmentingCollate
 
 
 class EncoderCalls:
@@ -90,7 +92,7 @@ def test_the_cache_stops_growing_at_its_budget_and_stays_correct(tiny_model_conf
     cache = model.encoder.cache
     assert len(cache.entries) == 1 and cache.bytes == one_clip
     assert (cache.hits, cache.misses) == (1, 5)
-    assert "1 clips" in cache.describe() and "17% of 6 clip encodings reused" in cache.describe()
+    assert "1 clips" in cache.describe() and "17% of 6 unaugmented clip encodings reused" in cache.describe()
 
 
 def test_the_cache_is_refused_with_spec_augment_and_below_zero(tiny_run_config, tmp_path) -> None:
@@ -176,3 +178,90 @@ def test_whisper_with_longest_padding_and_a_cache_encodes_whole_windows(tiny_fix
         torch.testing.assert_close(model(**inputs(batch)).loss, expected)
     assert (model.encoder.cache.hits, model.encoder.cache.misses) == (3, 3)
     assert not model.encoder.cache.per_clip
+
+
+def augmenting_collate(model, gain_prob: float) -> AugmentingCollate:
+    cfg = AugmentConfig()
+    cfg.gain.prob, cfg.gain.db = gain_prob, [6.0, 6.0]
+    augmenter = AudioAugmenter(cfg, seed=0, sample_rate=16000, max_duration=30.0)
+    return AugmentingCollate(augmenter, collator_for(model, 16000))
+
+
+def keyed(samples: list[dict], pass_number: int) -> list[dict]:
+    return [{**s, "augment_key": [0, pass_number, i]} for i, s in enumerate(samples)]
+
+
+def mixed_batch(model) -> dict:
+    """SAMPLES[1] and SAMPLES[2] augmented around a clean SAMPLES[0] and a clean new clip."""
+    changed = augmenting_collate(model, gain_prob=1.0).augmenter(keyed([SAMPLES[1], SAMPLES[2]], 0))
+    batch = collator_for(model, 16000)(
+        [changed[0], SAMPLES[0], changed[1], {"audio": tone(1.9, seed=9), "text": "new"}]
+    )
+    assert batch["encoder_cacheable"].tolist() == [False, True, False, True]
+    return batch
+
+
+def test_augmented_clips_fill_no_cache_and_clean_clips_are_still_stored_and_reused(tiny_model_config) -> None:
+    """An augmented clip is drawn anew each pass: storing it would only crowd out the clean clips."""
+    model = build_model(tiny_model_config(encoder_padding="max_length")).eval()
+    model.encoder.cache = cache = EncoderCache(max_bytes=2**30)
+    calls = EncoderCalls(model)
+    augmented = augmenting_collate(model, gain_prob=1.0)
+    for pass_number in range(2):
+        batch = augmented(keyed(SAMPLES, pass_number))
+        assert not batch["encoder_cacheable"].any()
+        model(**inputs(batch))
+    assert (cache.bytes, len(cache.entries), cache.hits, cache.misses) == (0, 0, 0, 0)
+    assert cache.uncacheable == calls.clips == 6  # encoded every pass
+    clean = collator_for(model, 16000)(SAMPLES)
+    for _ in range(2):
+        model(**inputs(clean))
+    assert calls.clips == 9 and len(cache.entries) == 3 and cache.bytes > 0
+    assert (cache.hits, cache.misses) == (3, 3)
+
+
+@pytest.mark.parametrize("padding", ["max_length", "longest"])
+def test_a_batch_mixing_augmented_and_clean_clips_encodes_every_row_as_without_the_cache(
+    tiny_model_config, padding: str
+) -> None:
+    """Clean rows (one from the cache, two fresh) and augmented rows, in one batch, in order."""
+    model = build_model(tiny_model_config(encoder_padding=padding)).eval()
+    attach_encoder_cache(model, tiny_model_config(encoder_padding=padding, encoder_cache_gib=0.5))
+    cache = model.encoder.cache
+    model.encoder(*_encoder_inputs(collator_for(model, 16000)(SAMPLES[:1])))
+    batch = mixed_batch(model)
+    features, lengths, mels, cacheable = _encoder_inputs(batch)
+    hidden = model.encoder(features, lengths, mels, cacheable)
+    assert (cache.hits, cache.misses, cache.uncacheable, len(cache.entries)) == (1, 2, 2, 2)
+    uncached = model.encoder.encode(features)  # B, T, D: the batch padded together, as without a cache
+    for i, (length, mel) in enumerate(zip(lengths.tolist(), mels.tolist(), strict=True)):
+        # `longest` encodes each clip on its own frames with the cache, augmented or not.
+        expected = model.encoder.encode(features[i : i + 1, :, :mel])[0] if cache.per_clip else uncached[i]
+        assert torch.equal(hidden[i, :length], expected[:length]), f"row {i}"
+        assert not hidden[i, length:].any()
+
+
+def test_the_model_threads_the_marks_and_runs_without_them(tiny_model_config) -> None:
+    model = build_model(tiny_model_config(encoder_padding="max_length")).eval()
+    batch = mixed_batch(model)
+    marks = batch["encoder_cacheable"]
+    expected = model(**inputs(batch)).loss
+    model.encoder.cache = cache = EncoderCache(max_bytes=2**30)
+    torch.testing.assert_close(model(**inputs(batch)).loss, expected)
+    assert (cache.misses, cache.uncacheable) == (int(marks.sum()), int((~marks).sum()))
+    without = {key: value for key, value in inputs(batch).items() if key != "encoder_cacheable"}
+    torch.testing.assert_close(model(**without).loss, expected)  # every clip then counts as cacheable
+    assert cache.uncacheable == int((~marks).sum()) and cache.hits == int(marks.sum())
+
+
+def test_describe_reports_reuse_of_unaugmented_clips_and_augmented_ones_apart() -> None:
+    cache = EncoderCache(max_bytes=2**30)
+    cache.hits, cache.misses, cache.uncacheable = 7_500, 4_500, 4_000
+    assert cache.describe() == (
+        "Encoder cache: 0 clips, 0.00 of 1.00 GiB, 62% of 12,000 unaugmented clip encodings reused "
+        "(4,000 augmented encoded fresh)"
+    )
+
+
+def _encoder_inputs(batch: dict) -> tuple:
+    return batch["input_features"], batch["encoder_lengths"], batch["mel_lengths"], batch["encoder_cacheable"]

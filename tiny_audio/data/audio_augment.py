@@ -21,6 +21,7 @@ import numpy as np
 from tiny_audio.config import NOISE_FILE_KIND, AugmentConfig, DataConfig
 from tiny_audio.data import effects, skips
 from tiny_audio.data.effect_files import EffectFiles
+from tiny_audio.runtime.collator import AUGMENTED
 
 # One generator per effect, so that each effect's draws are independent of the others'.
 _NON_SPEECH, _SPEED, _REVERB, _NOISE, _GAIN = range(5)
@@ -36,7 +37,11 @@ def augment_key(source: int, pass_number: int, sample_id: str) -> list[int]:
 
 
 class AudioAugmenter:
-    """Augments the samples of one train batch: `{"audio", "text", "augment_key", ...}` -> same keys."""
+    """Augments the samples of one train batch: `{"audio", "text", "augment_key", ...}` -> same keys.
+
+    Each sample comes back with `AUGMENTED`: whether any effect changed its audio. One every effect
+    skipped is the same clip next pass, so the encoder cache may keep its encoding; a changed one not.
+    """
 
     def __init__(self, cfg: AugmentConfig, *, seed: int, sample_rate: int, max_duration: float) -> None:
         self.cfg = cfg
@@ -62,7 +67,7 @@ class AudioAugmenter:
         if cfg.non_speech.prob > 0:
             silent = self._non_speech(audio.size, _rng(key, _NON_SPEECH), skipped)
             if silent is not None:
-                return {**sample, "audio": silent, "text": "", "skipped": skipped}
+                return {**sample, "audio": silent, "text": "", "skipped": skipped, AUGMENTED: True}
         if cfg.speed.prob > 0:
             audio = self._speed(audio, _rng(key, _SPEED))
         if cfg.reverb.prob > 0:
@@ -72,7 +77,8 @@ class AudioAugmenter:
             audio = self._noise(audio, others, _rng(key, _NOISE), skipped)
         if cfg.gain.prob > 0:
             audio = self._gain(audio, _rng(key, _GAIN))
-        return {**sample, "audio": audio, "skipped": skipped}
+        # An effect that leaves the clip as it was returns the very array it was given.
+        return {**sample, "audio": audio, "skipped": skipped, AUGMENTED: audio is not clean[index]}
 
     def _non_speech(self, length: int, rng: np.random.Generator, skipped: list) -> np.ndarray | None:
         """A clip of the same length without speech, or None when this sample stays speech."""

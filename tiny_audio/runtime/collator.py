@@ -12,9 +12,13 @@ from torch import Tensor
 from .prompts import PromptBuilder
 from .speech_llm import IGNORE_INDEX, SpeechLLM
 
+# A sample key the train audio augmenter sets when it changed the clip: the next pass draws it anew,
+# so the encoder cache must neither store nor look up its encoding.
+AUGMENTED = "augmented"
+
 
 class SpeechCollator:
-    """Turns `{"audio", "text"}` samples into model inputs.
+    """Turns `{"audio", "text"}` samples (with `AUGMENTED`, from the train augmenter) into model inputs.
 
     With `with_targets` the transcript follows the prompt and only it is labelled (right
     padding); without, prompts are left-padded for batched generation.
@@ -60,6 +64,7 @@ class SpeechCollator:
             "input_features": features["input_features"],
             "encoder_lengths": encoder_lengths,
             "mel_lengths": features["mel_lengths"],  # the encoder cache keys a clip by its own frames
+            "encoder_cacheable": torch.tensor([not s.get(AUGMENTED, False) for s in samples]),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "audio_seconds": float(sum(len(a) for a in audio) / self.sample_rate),

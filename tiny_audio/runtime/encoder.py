@@ -50,7 +50,12 @@ class FrameCache(Protocol):
     """Encoder outputs kept across passes (training's tiny_audio.model.encoder_cache.EncoderCache)."""
 
     def encode(
-        self, encode: Callable[[Tensor], Tensor], features: Tensor, lengths: Tensor, mel_lengths: Tensor
+        self,
+        encode: Callable[[Tensor], Tensor],
+        features: Tensor,
+        lengths: Tensor,
+        mel_lengths: Tensor,
+        cacheable: Tensor | None = None,
     ) -> Tensor: ...
 
 
@@ -82,14 +87,19 @@ class AudioEncoder(nn.Module):
         return (mel_lengths - 1) // 2 + 1
 
     def forward(
-        self, input_features: Tensor, lengths: Tensor | None = None, mel_lengths: Tensor | None = None
+        self,
+        input_features: Tensor,
+        lengths: Tensor | None = None,
+        mel_lengths: Tensor | None = None,
+        cacheable: Tensor | None = None,
     ) -> Tensor:
         """Hidden states (B, T, D); with a cache and each clip's encoder `lengths` and `mel_lengths`
         (the collator's), frames past a clip's length are zeros (every projector ignores them) and
-        clips seen before are not re-encoded."""
+        clips seen before are not re-encoded. A clip whose `cacheable` (B, bool; all when absent) is
+        False is encoded every time, never stored."""
         if self.cache is None or lengths is None or mel_lengths is None:
             return self.encode(input_features).clone()
-        return self.cache.encode(self.encode, input_features, lengths, mel_lengths)
+        return self.cache.encode(self.encode, input_features, lengths, mel_lengths, cacheable)
 
     def encode(self, input_features: Tensor) -> Tensor:
         """The frozen forward, in chunks of `max_batch` clips; returns an inference tensor."""

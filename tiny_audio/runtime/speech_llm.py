@@ -22,7 +22,15 @@ from .settings import ModelSettings
 
 IGNORE_INDEX = -100
 # The batch keys SpeechLLM.forward takes; a collated batch carries more (texts, skips, audio seconds).
-MODEL_INPUTS = ("input_features", "encoder_lengths", "mel_lengths", "input_ids", "attention_mask", "labels")
+MODEL_INPUTS = (
+    "input_features",
+    "encoder_lengths",
+    "mel_lengths",
+    "encoder_cacheable",
+    "input_ids",
+    "attention_mask",
+    "labels",
+)
 
 
 def count_targets(labels: Tensor) -> int:
@@ -78,10 +86,15 @@ class SpeechLLM(nn.Module):
         return self.projector.output_lengths(encoder_lengths)
 
     def embed_inputs(
-        self, input_features: Tensor, encoder_lengths: Tensor, input_ids: Tensor, mel_lengths: Tensor | None = None
+        self,
+        input_features: Tensor,
+        encoder_lengths: Tensor,
+        input_ids: Tensor,
+        mel_lengths: Tensor | None = None,
+        encoder_cacheable: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Prompt embeddings with each sample's `<audio>` positions replaced by its projected audio."""
-        hidden = self.encoder(input_features, encoder_lengths, mel_lengths)  # B, T_enc, D_enc
+        hidden = self.encoder(input_features, encoder_lengths, mel_lengths, encoder_cacheable)  # B, T_enc, D_enc
         # Frames past the longest clip (30 s padding) feed only outputs nobody reads: cut them,
         # keeping whole projector groups so the outputs that are read do not change.
         unit = self.projector.frame_unit
@@ -115,9 +128,10 @@ class SpeechLLM(nn.Module):
         attention_mask: Tensor,
         labels: Tensor,
         mel_lengths: Tensor | None = None,
+        encoder_cacheable: Tensor | None = None,
         **_: object,
     ) -> SpeechLLMOutput:
-        embeds, aux_loss = self.embed_inputs(input_features, encoder_lengths, input_ids, mel_lengths)
+        embeds, aux_loss = self.embed_inputs(input_features, encoder_lengths, input_ids, mel_lengths, encoder_cacheable)
         lm = self.causal_lm
         decoder = getattr(lm, lm.base_model_prefix)
         # No KV cache: nothing is generated here, and a recomputed (checkpointed) layer would
