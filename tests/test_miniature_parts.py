@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.multiprocessing import start_processes
 
 from tests.data_helpers import write_audiofolder
 from tiny_audio.data import effects
@@ -16,6 +20,9 @@ from tiny_audio.miniature.encoder import (
     EncoderRecipe,
     FeatureBatches,
     acoustic_variety,
+    average_across_processes,
+    build_encoder,
+    ctc_batch_loss,
     ctc_decode,
     ctc_targets,
 )
@@ -205,3 +212,74 @@ def test_a_course_folder_trained_with_other_settings_is_refused_not_reused(tmp_p
     (stage / STAGE_RECORD).unlink()  # a folder from before the record existed
     with pytest.raises(CourseMismatch, match="another version of the course"):
         claim_stage_folder(stage, ours)
+
+
+def _clips(lengths: list[int]) -> tuple[list[np.ndarray], list[str]]:
+    rng = np.random.default_rng(0)
+    audios = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+    return audios, [f"clip number {i}" for i in range(len(lengths))]
+
+
+def test_each_process_holds_its_share_of_every_batch_padded_to_the_whole_batch() -> None:
+    audios, texts = _clips([8000, 12000, 9600, 16000, 4800, 11200, 6400])
+    whole = FeatureBatches(audios, texts, batch_size=4)
+    shares = [FeatureBatches(audios, texts, batch_size=4, rank=rank, processes=2) for rank in (0, 1)]
+    # 7 clips in batches of 4: a batch of 4 and one of 3, each split between the two processes.
+    assert [len(b["texts"]) for b in shares[0].batches] == [2, 2]
+    assert [len(b["texts"]) for b in shares[1].batches] == [2, 1]
+    for full, first, second in zip(whole.batches, *(s.batches for s in shares), strict=True):
+        assert first["texts"] + second["texts"] == full["texts"]
+        # The encoder has no attention mask: each share must see the padding the whole batch has.
+        assert torch.equal(torch.cat([first["input_features"], second["input_features"]]), full["input_features"])
+        assert torch.equal(torch.cat([first["frames"], second["frames"]]), full["frames"])
+        assert torch.equal(torch.cat([first["targets"], second["targets"]]), full["targets"])
+    # A batch with fewer clips than processes is left out rather than leaving a process nothing.
+    assert len(FeatureBatches(audios[:1], texts[:1], batch_size=4, rank=0, processes=2).batches) == 0
+
+
+TINY_ENCODER = EncoderRecipe(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, batch_size=4)
+
+
+def _gradients(encoder: nn.Module, head: nn.Linear) -> dict[str, torch.Tensor]:
+    named = [*encoder.named_parameters(), *(("head." + n, p) for n, p in head.named_parameters())]
+    return {name: p.grad.clone() for name, p in named if p.grad is not None}
+
+
+def _encoder_and_head() -> tuple[nn.Module, nn.Linear]:
+    encoder = build_encoder(TINY_ENCODER, seed=0)
+    torch.manual_seed(1)
+    return encoder, nn.Linear(TINY_ENCODER.hidden_size, len(CTC_ALPHABET) + 1)
+
+
+def _share_gradients(rank: int, processes: int, rendezvous: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=processes)
+    try:
+        audios, texts = _clips([8000, 12000, 9600, 16000])
+        batch = FeatureBatches(audios, texts, batch_size=4, rank=rank, processes=processes).batches[0]
+        encoder, head = _encoder_and_head()
+        loss = ctc_batch_loss(encoder, head, batch)
+        loss.backward()
+        loss = average_across_processes([*encoder.parameters(), *head.parameters()], loss)
+        torch.save({"loss": loss, "grads": _gradients(encoder, head)}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_pretraining_takes_the_step_of_the_whole_batch(tmp_path: Path) -> None:
+    start_processes(
+        _share_gradients, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    audios, texts = _clips([8000, 12000, 9600, 16000])
+    encoder, head = _encoder_and_head()
+    loss = ctc_batch_loss(encoder, head, FeatureBatches(audios, texts, batch_size=4).batches[0])
+    loss.backward()
+    whole = _gradients(encoder, head)
+    assert set(ranks[0]["grads"]) == set(whole) and len(whole) > 10
+    for name, grad in whole.items():
+        # Both processes step with the same averaged gradient: the weights stay equal.
+        assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name
+        # ... the gradient of the whole batch (its mean loss), up to the order of float sums.
+        assert torch.allclose(ranks[0]["grads"][name], grad, rtol=1e-4, atol=1e-6), name
+    assert torch.allclose(ranks[0]["loss"], loss.detach(), rtol=1e-5)

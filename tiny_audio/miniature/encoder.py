@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import (
@@ -47,12 +48,17 @@ class EncoderRecipe:
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 512
-    steps: int = 1200  # the varied set (two copies of each clip, plus non-speech) needs twice the clean set's 600
-    batch_size: int = 16
+    # Small batches, many steps: at the same clips seen, batch 8 x 2400 steps halves the held-out
+    # character error rate of batch 16 x 1200 (7% against 14%) and a room's, noise's by a third.
+    steps: int = 2400
+    batch_size: int = 8
     learning_rate: float = 2e-3
-    warmup_steps: int = 60
+    warmup_steps: int = 120
     varied_copies: int = 1  # acoustically varied copies of each training clip (see acoustic_variety)
     non_speech_clips: int = 200  # clips without speech, target empty
+    # Data-parallel processes of one thread each, each taking a share of every batch. A fixed
+    # count, not the machine's cores: the share changes the float sums, so the weights would too.
+    processes: int = 2
 
 
 def feature_extractor() -> WhisperFeatureExtractor:
@@ -123,18 +129,32 @@ def acoustic_variety(
 
 
 class FeatureBatches:
-    """Length-sorted batches of mel features, extracted once as the speech model's collator would."""
+    """Length-sorted batches of mel features, extracted once as the speech model's collator would.
 
-    def __init__(self, audios: Sequence[np.ndarray], texts: Sequence[str], batch_size: int) -> None:
+    With `processes` > 1, each batch holds only process `rank`'s share of the rows (a batch with
+    fewer rows than processes is left out, so that every process has a share of every batch).
+    """
+
+    def __init__(
+        self, audios: Sequence[np.ndarray], texts: Sequence[str], batch_size: int, rank: int = 0, processes: int = 1
+    ) -> None:
         extractor = feature_extractor()
         order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
         self.batches: list[dict[str, Any]] = []  # tensors, and the batch's texts
         for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
+            rows = order[start : start + batch_size]
+            if len(rows) < processes:
+                continue
+            indices = [int(i) for i in np.array_split(rows, processes)[rank]]
             clips = [audios[i] for i in indices]
             # Padding to the longest clip of a length-sorted group wastes little, and matches the
-            # collator's `longest` mode that the miniature course trains with.
-            features = extractor(clips, sampling_rate=16000, return_tensors="pt", padding="longest")["input_features"]
+            # collator's `longest` mode that the miniature course trains with. Every share is
+            # padded to the whole batch's longest clip: the encoder has no attention mask, so
+            # padding is part of its input.
+            longest = max(len(audios[i]) for i in rows)
+            features = extractor(
+                clips, sampling_rate=16000, return_tensors="pt", padding="max_length", max_length=longest
+            )["input_features"]
             mel_lengths = torch.tensor([len(c) // extractor.hop_length for c in clips]).clamp(max=features.shape[-1])
             targets = [torch.tensor(ctc_targets(texts[i])) for i in indices]
             self.batches.append(
@@ -152,6 +172,17 @@ def ctc_log_probs(encoder: GlmAsrEncoder, head: nn.Linear, input_features: Tenso
     return head(encoder(input_features).last_hidden_state).log_softmax(-1)  # B, T, C
 
 
+def ctc_batch_loss(encoder: GlmAsrEncoder, head: nn.Linear, batch: dict[str, Any]) -> Tensor:
+    log_probs = ctc_log_probs(encoder, head, batch["input_features"])
+    return F.ctc_loss(
+        log_probs.transpose(0, 1),  # T, B, C as ctc_loss expects
+        batch["targets"],
+        batch["frames"],
+        batch["target_lengths"],
+        zero_infinity=True,
+    )
+
+
 def pretrain_encoder(
     encoder: GlmAsrEncoder,
     batches: FeatureBatches,
@@ -159,7 +190,11 @@ def pretrain_encoder(
     seed: int,
     log: Callable[[str], None] = print,
 ) -> nn.Linear:
-    """CTC training over shuffled length-sorted batches; returns the head (the caller drops it)."""
+    """CTC training over shuffled length-sorted batches; returns the head (the caller drops it).
+
+    In a process group (torch.distributed), every process holds its share of each batch
+    (FeatureBatches' `rank`) and the same seed; gradients are averaged before each step.
+    """
     torch.manual_seed(seed)
     rng = random.Random(seed)
     head = nn.Linear(recipe.hidden_size, len(CTC_ALPHABET) + 1)
@@ -174,16 +209,10 @@ def pretrain_encoder(
         if not order:
             order = list(range(len(batches.batches)))
             rng.shuffle(order)
-        batch = batches.batches[order.pop()]
-        log_probs = ctc_log_probs(encoder, head, batch["input_features"])
-        loss = F.ctc_loss(
-            log_probs.transpose(0, 1),  # T, B, C as ctc_loss expects
-            batch["targets"],
-            batch["frames"],
-            batch["target_lengths"],
-            zero_infinity=True,
-        )
+        loss = ctc_batch_loss(encoder, head, batches.batches[order.pop()])
         loss.backward()
+        if dist.is_initialized():
+            loss = average_across_processes(params, loss)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
@@ -194,6 +223,23 @@ def pretrain_encoder(
             window = []
     encoder.eval()
     return head
+
+
+def average_across_processes(params: Sequence[Tensor], loss: Tensor) -> Tensor:
+    """Average gradients and loss over the process group: the step of the whole batch.
+
+    One all-reduce of one flat buffer rather than one per tensor: 30-odd small messages a step
+    would cost more than the sums.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([*(g.reshape(-1) for g in grads), loss.detach().reshape(1)])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+    return flat[-1]
 
 
 @torch.no_grad()

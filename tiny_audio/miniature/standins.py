@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import soundfile as sf
 import torch
+import torch.distributed as dist
+from torch.multiprocessing import start_processes
 from transformers import AutoTokenizer
 
 from tiny_audio.data.robust import build_robust
@@ -163,17 +166,52 @@ def _build_llm(directory: Path, spec: MiniatureSpec, log: Callable[[str], None])
 
 def _build_encoder(directory: Path, speech: Path, spec: MiniatureSpec, log: Callable[[str], None]) -> None:
     started = time.perf_counter()
-    varied = acoustic_variety(*read_split(speech / "train"), spec.encoder, spec.seed)
-    train = FeatureBatches(*varied, spec.encoder.batch_size)
-    validation = FeatureBatches(*read_split(speech / "validation"), spec.encoder.batch_size)
-    encoder = build_encoder(spec.encoder, spec.seed)
-    log(f"Pretraining a {_millions(encoder)}M-parameter GLM-ASR encoder with CTC ({spec.encoder.steps} steps)")
-    head = pretrain_encoder(encoder, train, spec.encoder, spec.seed, log=log)
-    cer = character_error_rate(encoder, head, validation)
+    processes = spec.encoder.processes
+    log(f"Pretraining a GLM-ASR encoder with CTC ({spec.encoder.steps} steps, {processes} processes)")
+    if processes == 1:
+        _pretrain_encoder_share(0, 1, None, directory, speech, spec)
+    else:
+        # Spawned, one thread each: the LLM's pretraining holds a core for its first minutes, then
+        # both cores are the encoder's. The rendezvous is a file, so no port is needed.
+        with tempfile.TemporaryDirectory() as rendezvous:
+            start_processes(
+                _pretrain_encoder_share,
+                args=(processes, Path(rendezvous) / "store", directory, speech, spec),
+                nprocs=processes,
+                start_method="spawn",
+            )
+    report = json.loads((directory / REPORT_FILE).read_text())
     seconds = time.perf_counter() - started
-    log(f"  held-out character error rate: {cer:.1%} ({seconds:.0f} s)")
-    save_encoder(encoder, spec.encoder, directory)
-    _write_report(directory, parameters=_count(encoder), validation_cer=cer, seconds=seconds)
+    log(f"  held-out character error rate: {report['validation_cer']:.1%} ({seconds:.0f} s)")
+    _write_report(directory, **report, seconds=seconds)
+
+
+def _pretrain_encoder_share(
+    rank: int, processes: int, rendezvous: Path | None, directory: Path, speech: Path, spec: MiniatureSpec
+) -> None:
+    """One process of the encoder's pretraining; the first saves the encoder and its report."""
+    torch.set_num_threads(1)
+    if rendezvous is not None:
+        dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=processes)
+    try:
+        varied = acoustic_variety(*read_split(speech / "train"), spec.encoder, spec.seed)
+        train = FeatureBatches(*varied, spec.encoder.batch_size, rank=rank, processes=processes)
+        encoder = build_encoder(spec.encoder, spec.seed)
+        log = print if rank == 0 else _silent
+        log(f"  {_millions(encoder)}M parameters")
+        head = pretrain_encoder(encoder, train, spec.encoder, spec.seed, log=log)
+    finally:
+        if rendezvous is not None:
+            dist.destroy_process_group()
+    if rank == 0:
+        validation = FeatureBatches(*read_split(speech / "validation"), spec.encoder.batch_size)
+        cer = character_error_rate(encoder, head, validation)
+        save_encoder(encoder, spec.encoder, directory)
+        _write_report(directory, parameters=_count(encoder), validation_cer=cer)
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def read_split(folder: Path) -> tuple[list, list[str]]:
