@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,23 @@ def test_plot_of_a_directory_without_a_run_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["plot", str(tmp_path)])
     assert result.exit_code == 1
     assert "metrics.jsonl does not exist" in result.output
+
+
+def test_the_encoder_recipe_script_scores_another_recipe_without_touching_the_cache(
+    small_miniature: Miniature, tmp_path: Path
+) -> None:
+    saved = sorted((p.name, p.stat().st_mtime_ns) for p in small_miniature.encoder.iterdir())
+    script = Path(__file__).parents[1] / "scripts" / "encoder_recipe.py"
+    out = tmp_path / "report.json"
+    command = [sys.executable, str(script), str(small_miniature.root), "steps=2", "batch_size=4", "warmup_steps=1"]
+    scored = [*command, "--conditions", "clean,babble_10db", "--out", str(out)]
+    done = subprocess.run(scored, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["recipe"] == ["steps=2", "batch_size=4", "warmup_steps=1"]
+    # Two steps have not left CTC's all-blank start: nearly every character is missed.
+    for split in ("validation", "validation_new_voice", "clean", "babble_10db"):
+        assert report[split] >= 50.0, (split, report)  # in percent
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in small_miniature.encoder.iterdir()) == saved
+    typo = subprocess.run([*command[:3], "batchsize=4"], capture_output=True, text=True)
+    assert typo.returncode != 0 and "'batchsize=4'" in typo.stderr and "batch_size" in typo.stderr

@@ -46,7 +46,7 @@ class LlmRecipe:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 256
-    steps: int = 600
+    steps: int = 450  # copy loss 0.02 by then; every step saved gives the encoder's pretraining a core sooner
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
@@ -153,7 +153,9 @@ def pretrain_llm(
     """Train on the copy task; returns the loss of every `log_every` window."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.learning_rate, weight_decay=0.0, betas=(0.9, 0.95), fused=True
+    )
     schedule = get_cosine_schedule_with_warmup(optimizer, recipe.warmup_steps, recipe.steps)
     model.train()
     losses, window = [], []
