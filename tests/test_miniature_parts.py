@@ -267,9 +267,7 @@ def _share_gradients(rank: int, processes: int, rendezvous: str, out: str) -> No
 
 
 def test_data_parallel_pretraining_takes_the_step_of_the_whole_batch(tmp_path: Path) -> None:
-    start_processes(
-        _share_gradients, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn"
-    )
+    start_processes(_share_gradients, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     audios, texts = _clips([8000, 12000, 9600, 16000])
     encoder, head = _encoder_and_head()
