@@ -20,15 +20,8 @@ from pathlib import Path
 
 import torch
 
-from tiny_audio.miniature.encoder import (
-    EncoderRecipe,
-    FeatureBatches,
-    acoustic_variety,
-    build_encoder,
-    character_error_rate,
-    pretrain_encoder,
-)
-from tiny_audio.miniature.standins import read_split
+from tiny_audio.miniature.encoder import EncoderRecipe, FeatureBatches, character_error_rate
+from tiny_audio.miniature.standins import pretrain_on_speech, read_split
 
 CONDITIONS = "clean,new_accent,fast,noise_pink_10db,noise_pink_5db,babble_10db,reverb_medium,telephone"
 
@@ -55,11 +48,7 @@ def main() -> None:
     recipe = parse_recipe(args.overrides)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    train = FeatureBatches(
-        *acoustic_variety(*read_split(args.miniature / "speech" / "train"), recipe, args.seed), recipe.batch_size
-    )
-    encoder = build_encoder(recipe, args.seed)
-    head = pretrain_encoder(encoder, train, recipe, args.seed)
+    encoder, head = pretrain_on_speech(args.miniature / "speech", recipe, args.seed)
     report: dict[str, object] = {"recipe": args.overrides, "seconds": round(time.perf_counter() - started)}
     splits = [args.miniature / "speech" / s for s in ("validation", "validation_new_voice")]
     splits += [args.miniature / "robust" / c for c in args.conditions.split(",") if c]

@@ -22,8 +22,10 @@ from pathlib import Path
 import soundfile as sf
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.multiprocessing import start_processes
 from transformers import AutoTokenizer
+from transformers.models.glmasr.modeling_glmasr import GlmAsrEncoder
 
 from tiny_audio.data.robust import build_robust
 from tiny_audio.data.sentences import held_out_sentences, is_held_out, make_sentence
@@ -194,12 +196,8 @@ def _pretrain_encoder_share(
     if rendezvous is not None:
         dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=processes)
     try:
-        varied = acoustic_variety(*read_split(speech / "train"), spec.encoder, spec.seed)
-        train = FeatureBatches(*varied, spec.encoder.batch_size, rank=rank, processes=processes)
-        encoder = build_encoder(spec.encoder, spec.seed)
         log = print if rank == 0 else _silent
-        log(f"  {_millions(encoder)}M parameters")
-        head = pretrain_encoder(encoder, train, spec.encoder, spec.seed, log=log)
+        encoder, head = pretrain_on_speech(speech, spec.encoder, spec.seed, rank, processes, log)
     finally:
         if rendezvous is not None:
             dist.destroy_process_group()
@@ -208,6 +206,25 @@ def _pretrain_encoder_share(
         cer = character_error_rate(encoder, head, validation)
         save_encoder(encoder, spec.encoder, directory)
         _write_report(directory, parameters=_count(encoder), validation_cer=cer)
+
+
+def pretrain_on_speech(
+    speech: Path,
+    recipe: EncoderRecipe,
+    seed: int,
+    rank: int = 0,
+    processes: int = 1,
+    log: Callable[[str], None] = print,
+) -> tuple[GlmAsrEncoder, nn.Linear]:
+    """A stand-in encoder pretrained on the train split and its varied copies, with its CTC head.
+
+    In a process group, this process's share of every batch (see `pretrain_encoder`).
+    """
+    varied = acoustic_variety(*read_split(speech / "train"), recipe, seed)
+    train = FeatureBatches(*varied, recipe.batch_size, rank=rank, processes=processes)
+    encoder = build_encoder(recipe, seed)
+    log(f"  {_millions(encoder)}M parameters")
+    return encoder, pretrain_encoder(encoder, train, recipe, seed, log=log)
 
 
 def _silent(message: str) -> None:
