@@ -106,12 +106,16 @@ def test_the_cache_is_refused_with_spec_augment_and_below_zero(tiny_run_config, 
         cfg.validate()
 
 
-def test_per_clip_encodes_each_clip_on_its_own_frames(tiny_model_config) -> None:
-    """`longest` padding: a cached clip's encoding must not depend on the batch it first came in."""
-    model = build_model(tiny_model_config(encoder_padding="longest")).eval()
+@pytest.mark.parametrize("gib", [0.0, 0.5])
+def test_longest_padding_encodes_each_clip_on_its_own_frames_with_or_without_a_cache(tiny_model_config, gib) -> None:
+    """`longest`: a clip's encoding must not depend on its batch (the encoder has no attention mask)."""
+    cfg = tiny_model_config(encoder_padding="longest", encoder_cache_gib=gib)
+    model = build_model(cfg).eval()
+    attach_encoder_cache(model, cfg)
+    assert model.encoder.per_clip and (model.encoder.cache is not None) == (gib > 0)
     batch = collator_for(model, 16000)(SAMPLES)
     features, lengths, mels = batch["input_features"], batch["encoder_lengths"], batch["mel_lengths"]
-    hidden = EncoderCache(max_bytes=2**30, per_clip=True).encode(model.encoder.encode, features, lengths, mels)
+    hidden = model.encoder(features, lengths, mels)
     assert hidden.shape[1] == int(lengths.max())
     for i, (length, mel) in enumerate(zip(lengths.tolist(), mels.tolist(), strict=True)):
         alone = model.encoder.encode(features[i : i + 1, :, :mel])[0, :length]
@@ -121,18 +125,17 @@ def test_per_clip_encodes_each_clip_on_its_own_frames(tiny_model_config) -> None
     assert not torch.allclose(hidden[0, : int(lengths[0])], padded[0, : int(lengths[0])])
 
 
-@pytest.mark.parametrize(
-    ("padding", "gib", "per_clip"), [("longest", 0.5, True), ("max_length", 0.5, False), ("longest", 0.0, None)]
-)
-def test_the_config_attaches_a_cache_that_fits_its_padding(tiny_model_config, padding, gib, per_clip) -> None:
+@pytest.mark.parametrize(("padding", "gib"), [("longest", 0.5), ("max_length", 0.5), ("longest", 0.0)])
+def test_the_config_attaches_a_cache_and_the_encoder_pads_as_it_says(tiny_model_config, padding, gib) -> None:
     cfg = tiny_model_config(encoder_padding=padding, encoder_cache_gib=gib)
     model = build_model(cfg)
     attach_encoder_cache(model, cfg)
     cache = model.encoder.cache
-    if per_clip is None:
+    assert model.encoder.per_clip == (padding == "longest")
+    if gib == 0:
         assert cache is None
     else:
-        assert (cache.per_clip, cache.max_bytes) == (per_clip, 2**29)
+        assert cache is not None and cache.max_bytes == 2**29
 
 
 def test_an_odd_length_clip_has_one_key_wherever_it_sits_in_its_batch(tiny_model_config) -> None:
@@ -141,7 +144,7 @@ def test_an_odd_length_clip_has_one_key_wherever_it_sits_in_its_batch(tiny_model
     collate = collator_for(model, 16000)
     odd = {"audio": tone(1.01, seed=3), "text": "odd"}  # 16,160 samples: 101 mel frames
     longer, shorter = {"audio": tone(1.5, seed=4), "text": "b"}, {"audio": tone(0.5, seed=5), "text": "c"}
-    model.encoder.cache = EncoderCache(max_bytes=2**30, per_clip=True)
+    model.encoder.cache = EncoderCache(max_bytes=2**30)
     calls = EncoderCalls(model)
     outputs = []
     for batch in (collate([odd, longer]), collate([odd, shorter])):  # padded, then the longest of its batch
@@ -177,7 +180,7 @@ def test_whisper_with_longest_padding_and_a_cache_encodes_whole_windows(tiny_fix
     for _ in range(2):  # encoded, then from the cache
         torch.testing.assert_close(model(**inputs(batch)).loss, expected)
     assert (model.encoder.cache.hits, model.encoder.cache.misses) == (3, 3)
-    assert not model.encoder.cache.per_clip
+    assert not model.encoder.per_clip
 
 
 def augmenting_collate(model, gain_prob: float) -> AugmentingCollate:
@@ -236,7 +239,7 @@ def test_a_batch_mixing_augmented_and_clean_clips_encodes_every_row_as_without_t
     uncached = model.encoder.encode(features)  # B, T, D: the batch padded together, as without a cache
     for i, (length, mel) in enumerate(zip(lengths.tolist(), mels.tolist(), strict=True)):
         # `longest` encodes each clip on its own frames with the cache, augmented or not.
-        expected = model.encoder.encode(features[i : i + 1, :, :mel])[0] if cache.per_clip else uncached[i]
+        expected = model.encoder.encode(features[i : i + 1, :, :mel])[0] if model.encoder.per_clip else uncached[i]
         assert torch.equal(hidden[i, :length], expected[:length]), f"row {i}"
         assert not hidden[i, length:].any()
 

@@ -73,10 +73,7 @@ def build_model(cfg: ModelConfig) -> SpeechLLM:
 def attach_encoder_cache(model: SpeechLLM, cfg: ModelConfig) -> None:
     """Give the encoder the cache `model.encoder_cache_gib` asks for (training and the benchmark)."""
     if cfg.encoder_cache_gib > 0:
-        # Padded to the batch's longest clip, a clip would encode differently with other batch mates.
-        # Not for an encoder of fixed frames (Whisper: 3000), which the collator pads to them anyway.
-        per_clip = cfg.encoder_padding == "longest" and model.encoder.fixed_frames is None
-        model.encoder.cache = EncoderCache(int(cfg.encoder_cache_gib * 2**30), per_clip=per_clip)
+        model.encoder.cache = EncoderCache(int(cfg.encoder_cache_gib * 2**30))
 
 
 def save_pretrained(model: SpeechLLM, directory: Path) -> None:

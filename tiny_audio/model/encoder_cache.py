@@ -6,13 +6,11 @@ Training attaches it to the runtime's AudioEncoder (`model.encoder_cache_gib`); 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Hashable
-from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-Key = TypeVar("Key", bound=Hashable)
+from tiny_audio.runtime.encoder import ClipEncoder, stack_clips
 
 
 class EncoderCache:
@@ -20,17 +18,15 @@ class EncoderCache:
 
     A clip is keyed by its mel frames, so an augmented clip (different frames) is a new clip and
     a cached output is never served for input the encoder did not see. Only a clip's own frames
-    are kept. With 30 s windows (`max_length`) the padding is the same every time, so a cached
-    output is what the encoder would compute again. With `per_clip` (for `longest` padding) a
-    clip is encoded on its own frames, unpadded, as `ta transcribe` encodes a lone clip: its
-    encoding then does not depend on the batch it first came in. Stops adding at `max_bytes`.
+    are kept. With 30 s windows (`max_length`) the padding is the same every time, and with
+    `longest` the encoder encodes each clip on its own frames (AudioEncoder.per_clip), so a cached
+    output is what the encoder would compute again, in any batch. Stops adding at `max_bytes`.
     A clip the collator marks not cacheable (audio augmented, so drawn anew next pass) would only
     spend the budget: it is encoded every time and never stored.
     """
 
-    def __init__(self, max_bytes: int, per_clip: bool = False) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.per_clip = per_clip
         self.entries: dict[bytes, Tensor] = {}
         self.bytes = 0
         self.hits = 0
@@ -39,7 +35,7 @@ class EncoderCache:
 
     def encode(
         self,
-        encode: Callable[[Tensor], Tensor],
+        encode_clips: ClipEncoder,
         features: Tensor,
         lengths: Tensor,
         mel_lengths: Tensor,
@@ -59,7 +55,7 @@ class EncoderCache:
         self.hits += len(keys) - len(uncacheable) - len(first)
         self.misses += len(first)
         self.uncacheable += len(uncacheable)
-        encoded = self._encode_rows(encode, features, lengths, mels, sorted([*first.values(), *uncacheable]))
+        encoded = encode_clips(features, lengths, mel_lengths, sorted([*first.values(), *uncacheable]))
         for key, i in first.items():
             if self.bytes + encoded[i].nbytes <= self.max_bytes:
                 self.entries[key] = encoded[i]
@@ -70,25 +66,7 @@ class EncoderCache:
                 outputs.append(encoded[i])
             else:
                 outputs.append(encoded[first[key]] if key in first else self.entries[key])
-        hidden = outputs[0].new_zeros(len(keys), int(lengths.max()), outputs[0].shape[-1])
-        for i, clip in enumerate(outputs):
-            hidden[i, : clip.shape[0]] = clip
-        return hidden
-
-    def _encode_rows(
-        self, encode: Callable[[Tensor], Tensor], features: Tensor, lengths: Tensor, mels: list[int], rows: list[int]
-    ) -> dict[int, Tensor]:
-        """Row -> the clip's own encoder frames (T_i, D), for the given rows of the batch."""
-        # Per clip: clips of one mel length share a call, each cut to its own frames.
-        groups: dict[int | None, list[int]] = {None: rows} if rows else {}
-        if self.per_clip:
-            groups = dict(_group_by(rows, [mels[i] for i in rows]))
-        encoded: dict[int, Tensor] = {}
-        for frames_kept, indices in groups.items():
-            hidden = encode(features[indices][..., :frames_kept])
-            for row, i in enumerate(indices):
-                encoded[i] = hidden[row, : int(lengths[i])].clone()
-        return encoded
+        return stack_clips(outputs, int(lengths.max()))
 
     def _keys(self, features: Tensor, mels: list[int], storable: list[bool]) -> list[bytes | None]:
         """Each cacheable clip's key, None for the others (never hashed: their frames stay on the device)."""
@@ -116,10 +94,3 @@ class EncoderCache:
             f"{self.max_bytes / 2**30:.2f} GiB, {rate:.0%} of {seen:,} unaugmented clip encodings reused "
             f"({self.uncacheable:,} augmented encoded fresh)"
         )
-
-
-def _group_by(items: list[int], keys: list[Key]) -> dict[Key, list[int]]:
-    groups: dict[Key, list[int]] = {}
-    for item, key in zip(items, keys, strict=True):
-        groups.setdefault(key, []).append(item)
-    return groups

@@ -35,7 +35,7 @@ def projector_scale_ratio(model: SpeechLLM, batch: dict[str, Any]) -> float:
     """Projected-audio RMS divided by token-embedding RMS (1.0: as loud as text)."""
     device = next(model.projector.parameters()).device
     lengths = batch["encoder_lengths"].to(device)
-    hidden = model.encoder(batch["input_features"].to(device), lengths)
+    hidden = model.encoder(batch["input_features"].to(device), lengths, batch["mel_lengths"].to(device))
     return projected_rms(model.projector, hidden, lengths) / _text_rms(model)
 
 

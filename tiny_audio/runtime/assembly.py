@@ -47,7 +47,9 @@ def assemble_speech_llm(
     receives the frozen LLM after the projector is built (random draws keep that order) and returns
     the LLM the model runs.
     """
-    encoder = load_audio_encoder(audio_model, dtype, settings.attn_implementation)
+    encoder = load_audio_encoder(
+        audio_model, dtype, settings.attn_implementation, per_clip=settings.encoder_padding == "longest"
+    )
     llm = AutoModelForCausalLM.from_pretrained(
         text_model, dtype=dtype, attn_implementation=settings.attn_implementation
     )

@@ -46,12 +46,16 @@ def encoder_layout(config: PretrainedConfig) -> tuple[EncoderLayout, PretrainedC
     )
 
 
+ClipEncoder = Callable[[Tensor, Tensor, Tensor, list[int]], dict[int, Tensor]]
+"""(features, lengths, mel_lengths, rows) -> row -> that clip's encoder frames (T_i, D): AudioEncoder.encode_clips."""
+
+
 class FrameCache(Protocol):
     """Encoder outputs kept across passes (training's tiny_audio.model.encoder_cache.EncoderCache)."""
 
     def encode(
         self,
-        encode: Callable[[Tensor], Tensor],
+        encode_clips: ClipEncoder,
         features: Tensor,
         lengths: Tensor,
         mel_lengths: Tensor,
@@ -62,11 +66,18 @@ class FrameCache(Protocol):
 class AudioEncoder(nn.Module):
     """A frozen encoder from mel features (B, n_mels, frames) to hidden states (B, T, D)."""
 
-    def __init__(self, module: PreTrainedModel, feature_extractor, fixed_frames: int | None) -> None:
+    def __init__(
+        self, module: PreTrainedModel, feature_extractor, fixed_frames: int | None, per_clip: bool = False
+    ) -> None:
         super().__init__()
         self.module = module
         self.feature_extractor = feature_extractor
         self.fixed_frames = fixed_frames
+        # `longest` padding: the encoder takes no attention mask, so padding a clip to its batch's
+        # longest changes every frame it encodes. Each clip is encoded on its own frames instead,
+        # in training and inference alike, so a transcript never depends on the batch. Not for
+        # an encoder of fixed frames (Whisper: 3000), whose padding is the same for every clip.
+        self.per_clip = per_clip and fixed_frames is None
         self.hidden_size: int = (
             module.config.d_model if hasattr(module.config, "d_model") else module.config.hidden_size
         )
@@ -93,13 +104,39 @@ class AudioEncoder(nn.Module):
         mel_lengths: Tensor | None = None,
         cacheable: Tensor | None = None,
     ) -> Tensor:
-        """Hidden states (B, T, D); with a cache and each clip's encoder `lengths` and `mel_lengths`
-        (the collator's), frames past a clip's length are zeros (every projector ignores them) and
-        clips seen before are not re-encoded. A clip whose `cacheable` (B, bool; all when absent) is
-        False is encoded every time, never stored."""
-        if self.cache is None or lengths is None or mel_lengths is None:
+        """Hidden states (B, T, D). Given each clip's encoder `lengths` and `mel_lengths` (the
+        collator's), with `per_clip` or a cache, frames past a clip's length are zeros (every
+        projector ignores them); with a cache, clips seen before are not re-encoded, and a clip
+        whose `cacheable` (B, bool; all when absent) is False is encoded every time, never stored."""
+        if lengths is None or mel_lengths is None:
             return self.encode(input_features).clone()
-        return self.cache.encode(self.encode, input_features, lengths, mel_lengths, cacheable)
+        if self.cache is not None:
+            return self.cache.encode(self.encode_clips, input_features, lengths, mel_lengths, cacheable)
+        if not self.per_clip:
+            return self.encode(input_features).clone()
+        clips = self.encode_clips(input_features, lengths, mel_lengths, list(range(input_features.shape[0])))
+        return stack_clips([clips[i] for i in sorted(clips)], int(lengths.max()))
+
+    def encode_clips(
+        self, features: Tensor, lengths: Tensor, mel_lengths: Tensor, rows: list[int]
+    ) -> dict[int, Tensor]:
+        """Row -> the clip's own encoder frames (T_i, D), for the given rows of a batch.
+
+        With `per_clip` each clip is encoded on its own mel frames (clips of one length share a
+        call); otherwise the rows are encoded together at the batch's width.
+        """
+        mels = mel_lengths.tolist()
+        groups: dict[int | None, list[int]] = {None: rows} if rows else {}
+        if self.per_clip:
+            groups = {}
+            for i in rows:
+                groups.setdefault(mels[i], []).append(i)
+        encoded: dict[int, Tensor] = {}
+        for frames_kept, indices in groups.items():
+            hidden = self.encode(features[indices][..., :frames_kept])
+            for row, i in enumerate(indices):
+                encoded[i] = hidden[row, : int(lengths[i])].clone()
+        return encoded
 
     def encode(self, input_features: Tensor) -> Tensor:
         """The frozen forward, in chunks of `max_batch` clips; returns an inference tensor."""
@@ -115,8 +152,21 @@ class AudioEncoder(nn.Module):
             return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
-def load_audio_encoder(model_id: str, dtype: torch.dtype, attn_implementation: str = "sdpa") -> AudioEncoder:
-    """Load only the encoder of a GLM-ASR or Whisper checkpoint (hub id or local directory)."""
+def stack_clips(clips: list[Tensor], width: int) -> Tensor:
+    """Clips' encoder frames (T_i, D) as one batch (B, width, D), zeros past each clip's frames."""
+    hidden = clips[0].new_zeros(len(clips), width, clips[0].shape[-1])
+    for i, clip in enumerate(clips):
+        hidden[i, : clip.shape[0]] = clip
+    return hidden
+
+
+def load_audio_encoder(
+    model_id: str, dtype: torch.dtype, attn_implementation: str = "sdpa", per_clip: bool = False
+) -> AudioEncoder:
+    """Load only the encoder of a GLM-ASR or Whisper checkpoint (hub id or local directory).
+
+    `per_clip` (the `longest` padding) encodes each clip of a batch on its own frames.
+    """
     config = AutoConfig.from_pretrained(model_id)
     layout, encoder_config = encoder_layout(config)
     encoder_config._attn_implementation = attn_implementation
@@ -126,7 +176,7 @@ def load_audio_encoder(model_id: str, dtype: torch.dtype, attn_implementation: s
     module.load_state_dict(state, strict=True, assign=True)
     module.to(dtype)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) hides self
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_id)
-    return AudioEncoder(module, feature_extractor, layout.fixed_frames)
+    return AudioEncoder(module, feature_extractor, layout.fixed_frames, per_clip)
 
 
 def read_prefixed_tensors(model_id: str, prefixes: tuple[str, ...]) -> dict[str, Tensor]:
