@@ -1,7 +1,7 @@
 """FLOPs a training step actually runs, counted by torch's FlopCounterMode on the step itself.
 
-The count sees whatever the step runs: the encoder per clip when the cache encodes each clip on
-its own frames, the decoder layers' forward a second time under gradient checkpointing, no
+The count sees whatever the step runs: the encoder per clip when it encodes each clip on its own
+frames (`longest` padding), the decoder layers' forward a second time under gradient checkpointing, no
 projector backward when the projector is frozen, LoRA's low-rank products. The formulas in
 flops.py write the same step out by hand and stay as a cross-check.
 """
@@ -43,13 +43,13 @@ def counted_step_flops(model: Any, inputs: dict[str, torch.Tensor], autocast: An
 
     Run again on a batch already timed, outside the timing: counting every op through Python would
     slow the timed step. A cache attached to the encoder is swapped for an empty one of the same
-    kind, so the clips are encoded as they were the first time (each is new to the timed step),
+    size, so the clips are encoded as they were the first time (each is new to the timed step),
     not served from what that step stored. Gradients are cleared afterwards; no optimizer step.
     """
     encoder = model.encoder
     cache = encoder.cache
     if cache is not None:
-        encoder.cache = EncoderCache(cache.max_bytes, per_clip=cache.per_clip)
+        encoder.cache = EncoderCache(cache.max_bytes)
     try:
         with flop_counter() as counter:
             with autocast:

@@ -5,7 +5,7 @@ Counts matrix-multiply FLOPs (2 per multiply-add); norms, activations and softma
 
 - encoder forward (frozen, no backward) on the mel frames it actually runs: conv1 (3-tap, n_mels -> D)
   on every mel frame, conv2 (3-tap, stride 2, D -> D) and the transformer on the T = ceil(mel/2) frames;
-  the batch's padded width, or each clip's own frames when the encoder cache encodes per clip;
+  the batch's padded width, or each clip's own frames when the encoder encodes per clip (`longest`);
 - projector forward, and its backward when it trains (mlp: both weight gradients, but no input
   gradient: the encoder is frozen); a frozen projector (stage 2) runs its forward only;
 - LLM forward + backward through its activations (frozen weights: input gradients only, so the
@@ -131,14 +131,13 @@ class StepShapes:
 def batch_shapes(model: Any, batch: dict[str, Tensor], mel_real: list[int]) -> StepShapes:
     """Read a collated batch the way SpeechLLM.forward runs it (projector trimmed to the longest clip).
 
-    `mel_real`: each clip's real mel frames (samples // hop), as the collator computes them. A cache
-    that encodes per clip runs each clip on its own mel frames, not the batch's padded width (every
-    clip is new to the step it is measured in, so none is served from the cache).
+    `mel_real`: each clip's real mel frames (samples // hop), as the collator computes them. An
+    encoder that encodes per clip (`longest`) runs each clip on its own mel frames, not the batch's
+    padded width (every clip is new to the step it is measured in, so none is served from a cache).
     """
     encoder_lengths = batch["encoder_lengths"]
     width = batch["input_features"].shape[-1]
-    cache = model.encoder.cache
-    per_clip = cache is not None and cache.per_clip
+    per_clip = model.encoder.per_clip
     mel_run = [int(m) for m in batch["mel_lengths"].tolist()] if per_clip else [width] * len(mel_real)
     unit = model.projector.frame_unit
     trimmed = max(-(-int(encoder_lengths.max()) // unit) * unit, unit)
