@@ -85,26 +85,10 @@ def ctc_decode(log_probs: Tensor) -> str:
 
 
 SAMPLE_RATE = 16000
-NOISE_TAKE_SECONDS = 60
 
 
-def noise_takes(seed: int, copy: int) -> dict[str, np.ndarray]:
-    """A minute of each noise colour, for one round of varied copies to mix from at random offsets.
-
-    Drawing noise per clip at the clip's own length costs an FFT of an awkward size every time
-    (two thirds of the variety's time); a take of a fast size, made once, costs one per colour.
-    """
-    rng = np.random.default_rng([seed, copy, 1 << 31])
-    return {c: effects.coloured_noise(NOISE_TAKE_SECONDS * SAMPLE_RATE, c, rng) for c in effects.NOISE_COLOURS}
-
-
-def varied_copy(
-    audio: np.ndarray, others: Sequence[np.ndarray], rng: np.random.Generator, takes: dict[str, np.ndarray]
-) -> np.ndarray:
-    """One clip as it might have been recorded elsewhere: speed, room, noise or babble, level, band.
-
-    `takes`: a long stretch of each noise colour (noise_takes), mixed in from a random offset.
-    """
+def varied_copy(audio: np.ndarray, others: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One clip as it might have been recorded elsewhere: speed, room, noise or babble, level, band."""
     if rng.random() < 0.5:
         audio = effects.change_speed(audio, float(rng.choice((0.9, 1.1))), SAMPLE_RATE)
     if rng.random() < 0.4:
@@ -115,7 +99,8 @@ def varied_copy(
             talkers = [others[int(i)] for i in rng.integers(len(others), size=int(rng.integers(1, 4)))]
             noise = effects.babble(talkers, audio.size, rng)
         else:
-            noise = takes[effects.NOISE_COLOURS[int(rng.integers(len(effects.NOISE_COLOURS)))]]
+            colour = effects.NOISE_COLOURS[int(rng.integers(len(effects.NOISE_COLOURS)))]
+            noise = effects.coloured_noise(audio.size, colour, rng)
         audio = effects.mix_at_snr(audio, noise, rng.uniform(-2.0, 20.0), rng)
     if rng.random() < 0.1:
         audio = effects.telephone(audio, SAMPLE_RATE)
@@ -131,10 +116,9 @@ def acoustic_variety(
     """
     out_audio, out_text = list(audios), list(texts)
     for copy in range(1, recipe.varied_copies + 1):
-        takes = noise_takes(seed, copy)
         for index, (audio, text) in enumerate(zip(audios, texts, strict=True)):
             rng = np.random.default_rng([seed, copy, index])
-            out_audio.append(varied_copy(audio, audios, rng, takes))
+            out_audio.append(varied_copy(audio, audios, rng))
             out_text.append(text)
     kinds = sorted(effects.NON_SPEECH)
     for index in range(recipe.non_speech_clips):
