@@ -125,12 +125,13 @@ class AudioEncoder(nn.Module):
         With `per_clip` each clip is encoded on its own mel frames (clips of one length share a
         call); otherwise the rows are encoded together at the batch's width.
         """
-        mels = mel_lengths.tolist()
-        groups: dict[int | None, list[int]] = {None: rows} if rows else {}
+        groups: dict[int | None, list[int]] = {}
         if self.per_clip:
-            groups = {}
+            mels = mel_lengths.tolist()
             for i in rows:
                 groups.setdefault(mels[i], []).append(i)
+        elif rows:
+            groups[None] = rows
         encoded: dict[int, Tensor] = {}
         for frames_kept, indices in groups.items():
             hidden = self.encode(features[indices][..., :frames_kept])
