@@ -22,10 +22,11 @@ from tiny_audio.config import ModelConfig
 from tiny_audio.data.robust import COMPACT, CONDITIONS, NON_SPEECH_CONDITION
 from tiny_audio.evaluation.wer import score
 from tiny_audio.miniature.course import (
+    HELD_OUT_SPLITS,
     CourseSettings,
     Stage,
     read_split,
-    robust_scores,
+    robust_reports,
     run_course,
     summary_table,
     write_outputs,
@@ -108,15 +109,21 @@ def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_minia
     # The last stage is scored on every robustness condition; non-speech as a hallucination rate.
     speech_conditions = [name for name in CONDITIONS if name != NON_SPEECH_CONDITION]
     assert list(result.robust_wer) == speech_conditions
-    audios, texts = read_split(small_miniature.robust / "babble_5db")
+    audios_babble, texts_babble = read_split(small_miniature.robust / "babble_5db")
     model = load_pretrained(result.checkpoint, device="cpu")
-    assert result.robust_wer["babble_5db"] == score(texts, transcribe(model, audios, 16000, batch_size=32)).wer
+    babble = score(texts_babble, transcribe(model, audios_babble, 16000, batch_size=32))
+    assert result.robust_wer["babble_5db"] == babble.wer
     audios, texts = read_split(small_miniature.robust / NON_SPEECH_CONDITION)
     assert texts == [""] * 6
     hallucinated = score(texts, transcribe(model, audios, 16000, batch_size=32)).hallucination_rate
     assert result.hallucination_rate == hallucinated
+    assert result.wer_intervals["babble_5db"] == babble.wer_interval()
+    assert set(result.wer_intervals) == {*HELD_OUT_SPLITS, *speech_conditions}  # not non-speech: no WER
+    low, high = result.wer_intervals["babble_5db"]
     table = summary_table(results)
-    assert f"| babble_5db WER | {result.robust_wer['babble_5db']:.1%} |" in table
+    assert f"| babble_5db WER | {result.robust_wer['babble_5db']:.1%} ({low:.1%}–{high:.1%}) |" in table
+    low, high = result.wer_intervals["validation"]
+    assert f"| {result.held_out_wer['validation']:.1%} ({low:.1%}–{high:.1%}) |" in table
     assert f"| non_speech: clips with any output | {hallucinated:.1%} |" in table
     plot, summary = write_outputs(results, small_miniature, out, seconds=1.0)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -124,6 +131,7 @@ def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_minia
     assert recorded["stages"][0]["held_out_wer"] == result.held_out_wer
     assert recorded["stages"][0]["robust_wer"] == result.robust_wer
     assert recorded["stages"][0]["hallucination_rate"] == result.hallucination_rate
+    assert recorded["stages"][0]["wer_intervals"]["validation"] == list(result.wer_intervals["validation"])
     assert (
         recorded["pretraining"]["encoder"]["validation_cer"] == small_miniature.reports()["encoder"]["validation_cer"]
     )
@@ -148,7 +156,8 @@ def test_a_reduced_stage_one_learns_to_transcribe_and_draws_the_plot(small_minia
     assert list(both[0].robust_wer) == [name for name in COMPACT if name != NON_SPEECH_CONDITION]
     assert both[0].robust_wer == {name: result.robust_wer[name] for name in both[0].robust_wer}
     assert list(both[1].robust_wer) == speech_conditions and both[1].hallucination_rate is not None
-    assert robust_scores(model, small_miniature.robust, ("quiet",)) == {"quiet": result.robust_wer["quiet"]}
+    (quiet,) = robust_reports(model, small_miniature.robust, ("quiet",)).values()
+    assert quiet.wer == result.robust_wer["quiet"]
 
     replot = CliRunner().invoke(app, ["plot", result.output_dir, "--out", str(tmp_path / "again.png")])
     assert replot.exit_code == 0, replot.output

@@ -50,6 +50,7 @@ ROW_KEYS = {
     "raw_substitution_rate",
     "raw_insertion_rate",
     "raw_deletion_rate",
+    "wer_interval",
     "empty_rate",
     "looping_rate",
     "audio_seconds",
@@ -175,8 +176,12 @@ def test_markdown_holds_the_same_numbers_as_the_json(table: dict[str, Any]) -> N
     details = [line for line in md.splitlines() if line.startswith(f"| {table['models'][0]} | 2 | set_")]
     assert len(details) == 2
     first = rows[0]
-    expected = [first["wer"], first["raw_wer"], first["substitution_rate"], first["insertion_rate"]]
-    assert details[0].split(" | ")[4:8] == [f"{100 * v:.1f}%" for v in expected]
+    low, high = first["wer_interval"]
+    assert low <= first["wer"] <= high
+    expected = [first["raw_wer"], first["substitution_rate"], first["insertion_rate"]]
+    cells = details[0].split(" | ")
+    assert cells[4:6] == [f"{100 * first['wer']:.1f}%", f"{100 * low:.1f}%–{100 * high:.1f}%"]
+    assert cells[6:9] == [f"{100 * v:.1f}%" for v in expected]
     assert details[0].split(" | ")[-2] == f"{first['real_time_factor']:.3f}"
 
 
@@ -365,10 +370,13 @@ def test_tables_put_each_wer_in_its_model_row_and_test_set_column() -> None:
         "| run/checkpoint-1 | 1 | 25.0% | 50.0% |",
         "| run/checkpoint-2 | 2 | 0.0% | 0.0% |",
     ]
-    # WER, raw WER, sub, ins, del, empty, looping, then RTF (0.5 s for 1 s of audio) and samples/s
+    # WER and its interval (one clip: every draw is that clip), raw WER, sub, ins, del, empty,
+    # looping, then RTF (0.5 s for 1 s of audio) and samples/s
     assert details_table(document)[-1] == (
-        "| run/checkpoint-2 | 2 | second | 1 | 0.0% | 100.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.500 | 2.00 |"
+        "| run/checkpoint-2 | 2 | second | 1 | 0.0% | 0.0%–0.0% | 100.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.0% | 0.500 "
+        "| 2.00 |"
     )
+    assert details_table(document)[2].split(" | ")[4:6] == ["25.0%", "25.0%–25.0%"]
 
 
 def test_loquacious_entry_reads_a_copy_laid_out_like_the_hub(tmp_path: Path) -> None:

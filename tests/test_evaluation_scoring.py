@@ -151,3 +151,32 @@ def test_cliff_state_survives_a_round_trip() -> None:
     fired = CliffDetector()
     fired.load_state_dict(after.state_dict())
     assert fired.update(400, 0.1) is None and fired.cliff_step == 300
+
+
+def test_the_wer_interval_holds_the_wer_and_narrows_with_more_clips() -> None:
+    # One clip in six has two errors in four words: WER 2/24 whatever the number of clips.
+    def report(copies: int):
+        return score(["a b c d"] * 6 * copies, (["a b c d"] * 5 + ["a x y d"]) * copies)
+
+    few, many = report(4), report(40)
+    assert few.wer == pytest.approx(many.wer) == pytest.approx(2 / 24)
+    low, high = few.wer_interval()
+    assert low < few.wer < high
+    many_low, many_high = many.wer_interval()
+    assert low < many_low < many.wer < many_high < high
+    # Clips are resampled, not words: errors come two to a clip, so the half-width is near 1.96
+    # standard errors of the share of bad clips (x 2/4), wider than words drawn one by one give.
+    clips, bad = 24, 1 / 6
+    clip_error = 2 / 4 * (bad * (1 - bad) / clips) ** 0.5
+    word_error = (2 / 24 * (1 - 2 / 24) / (4 * clips)) ** 0.5
+    assert (high - low) / 2 == pytest.approx(1.96 * clip_error, rel=0.15)
+    assert clip_error > 1.3 * word_error
+    assert few.wer_interval() == (low, high)  # seeded: the same report, the same interval
+
+
+def test_the_wer_interval_is_that_of_the_speech_clips_alone() -> None:
+    with_silence = score(["a b", "a b", ""], ["a b", "a x", "made up"])
+    assert with_silence.wer_interval() == score(["a b", "a b"], ["a b", "a x"]).wer_interval()
+    assert with_silence.wer_interval() == (0.0, 0.5)
+    with pytest.raises(ValueError, match="no reference words"):
+        score([""], ["words"]).wer_interval()

@@ -20,7 +20,9 @@ results.json  (schema_version 1; rates are fractions, 0.25 = 25%)
                    raw_wer, raw_substitution_rate, raw_insertion_rate, raw_deletion_rate
                    (text as written: casing and punctuation count),
                    empty_rate, looping_rate (shares of the speech samples),
-                   these ten over the speech samples only, null when there are none;
+                   wer_interval [low, high]: the WER's 95% interval, by bootstrap over the
+                   speech samples (WerReport.wer_interval): differences inside it are noise;
+                   these eleven over the speech samples only, null when there are none;
                    hallucination_rate (share of non-speech samples with any output),
                    hallucinated_words_per_clip, both null when there are no non-speech samples,
                    audio_seconds, decode_seconds, real_time_factor (decode_seconds / audio_seconds),
@@ -88,6 +90,7 @@ def result_row(result: Result) -> dict[str, Any]:
         "non_speech_samples": len(report.non_speech),
         **{name: rate(report, name) for name in RATES},
         **{f"raw_{name}": rate(raw_report, name) for name in RATES},
+        "wer_interval": list(report.wer_interval()) if report.speech else None,
         "empty_rate": rate(report, "empty_rate"),
         "looping_rate": rate(report, "looping_rate"),
         "hallucination_rate": rate(report, "hallucination_rate"),
@@ -230,15 +233,15 @@ def wer_table(document: dict[str, Any]) -> list[str]:
 
 
 def details_table(document: dict[str, Any]) -> list[str]:
-    header = ["model", "step", "test set", "samples", "WER", "raw WER", "sub", "ins", "del", "empty", "looping"]
-    header += ["RTF", "samples/s"]
+    header = ["model", "step", "test set", "samples", "WER", "WER 95% interval", "raw WER", "sub", "ins", "del"]
+    header += ["empty", "looping", "RTF", "samples/s"]
     rows = [_row(header), _row(["---"] * len(header))]
     for r in document["results"]:
-        rates = [r[k] for k in ("wer", "raw_wer", "substitution_rate", "insertion_rate", "deletion_rate")]
+        rates = [r[k] for k in ("raw_wer", "substitution_rate", "insertion_rate", "deletion_rate")]
         rates += [r["empty_rate"], r["looping_rate"]]
         speed = [f"{r['real_time_factor']:.3f}", f"{r['samples_per_second']:.2f}"]
         names = [r["model"], _step(r["step"]), r["test_set"], str(r["num_samples"])]
-        rows.append(_row([*names, *map(_pct, rates), *speed]))
+        rows.append(_row([*names, _pct(r["wer"]), _interval(r["wer_interval"]), *map(_pct, rates), *speed]))
     return rows
 
 
@@ -279,6 +282,10 @@ def _row(cells: list[str]) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "-" if bounds is None else f"{_pct(bounds[0])}–{_pct(bounds[1])}"
 
 
 def _step(step: int | None) -> str:

@@ -125,6 +125,23 @@ class WerReport:
         self._share([not s.empty for s in clips], "samples without reference words")  # raises when none
         return sum(s.insertions for s in clips) / len(clips)
 
+    def wer_interval(self, confidence: float = 0.95, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """The WER's `confidence` interval by bootstrap over clips: clips drawn with replacement, WER of each draw.
+
+        Errors come in clips, not in independent words (a misheard clip garbles several), so the
+        clip is the unit resampled. Seeded: the same report always gives the same interval.
+        """
+        speech = self.speech
+        if not speech:
+            self._rate(0)  # raises: no reference words
+        errors = np.array([s.errors for s in speech])
+        words = np.array([s.reference_words for s in speech])
+        draw = np.random.default_rng(seed).integers(len(speech), size=(draws, len(speech)))
+        wers = errors[draw].sum(axis=1) / words[draw].sum(axis=1)
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.percentile(wers, [tail, 100 - tail])
+        return float(low), float(high)
+
     def defined_metrics(self) -> tuple[str, ...]:
         """The rate names this report can give: speech ones, non-speech ones, or both."""
         return (SPEECH_METRICS if self.speech else ()) + (NON_SPEECH_METRICS if self.non_speech else ())

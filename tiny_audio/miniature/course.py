@@ -22,7 +22,7 @@ from typing import Any
 from tiny_audio.compose import load_config
 from tiny_audio.config import ConfigError
 from tiny_audio.data.robust import COMPACT, NON_SPEECH_CONDITION, robust_conditions
-from tiny_audio.evaluation.wer import score
+from tiny_audio.evaluation.wer import WerReport, score
 from tiny_audio.miniature.plot import plot_stages, stage_curves
 from tiny_audio.miniature.standins import Miniature, read_split
 from tiny_audio.model.build import load_pretrained
@@ -109,6 +109,9 @@ class StageResult:
     held_out_wer: dict[str, float] = field(default_factory=dict)
     # Per robustness condition: WER, or for non_speech the share of clips with any output.
     robust_wer: dict[str, float] = field(default_factory=dict)
+    # The 95% interval of each WER above (held-out split or condition), by bootstrap over its
+    # clips: with 24 clips a condition's interval spans 5 to 25 points.
+    wer_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     hallucination_rate: float | None = None
     scoring_seconds: float = 0.0  # scoring time of the held-out splits and robustness sets
 
@@ -237,9 +240,11 @@ def run_course(
         wers = [w for _, w in curves.wer]
         started = time.perf_counter()
         model = load_pretrained(str(final), device="cpu")
-        held_out = held_out_wer(model, miniature)
+        held_out = held_out_reports(model, miniature)
         last = number == len(settings.stages)
-        robust = robust_scores(model, miniature.robust, None if last else settings.robust_each_stage)
+        conditions = robust_reports(model, miniature.robust, None if last else settings.robust_each_stage)
+        robust = {name: r.wer if r.speech else r.hallucination_rate for name, r in conditions.items()}
+        scored = {**held_out, **conditions}
         del model
         result = StageResult(
             name=stage.name,
@@ -250,9 +255,10 @@ def run_course(
             seconds=seconds,
             best_wer=min(wers) if wers else None,
             intelligible_step=curves.intelligible_step,
-            held_out_wer=held_out,
+            held_out_wer={split: report.wer for split, report in held_out.items()},
             robust_wer={name: rate for name, rate in robust.items() if name != NON_SPEECH_CONDITION},
             hallucination_rate=robust.get(NON_SPEECH_CONDITION),
+            wer_intervals={name: report.wer_interval() for name, report in scored.items() if report.speech},
             scoring_seconds=time.perf_counter() - started,
         )
         log(f"{stage.name}: " + ", ".join(f"{split} WER {wer:.1%}" for split, wer in result.held_out_wer.items()))
@@ -265,30 +271,29 @@ def run_course(
     return results
 
 
-def held_out_wer(model: SpeechLLM, miniature: Miniature) -> dict[str, float]:
-    """Greedy WER of a model on every clip of each held-out split."""
-    wers = {}
+def held_out_reports(model: SpeechLLM, miniature: Miniature) -> dict[str, WerReport]:
+    """Greedy transcripts of every clip of each held-out split, scored."""
+    reports = {}
     for split in HELD_OUT_SPLITS:
         audios, texts = read_split(miniature.speech / split)
-        wers[split] = score(texts, transcribe(model, audios, 16000, batch_size=32)).wer
-    return wers
+        reports[split] = score(texts, transcribe(model, audios, 16000, batch_size=32))
+    return reports
 
 
-def robust_scores(model: SpeechLLM, robust: Path, conditions: tuple[str, ...] | None) -> dict[str, float]:
-    """WER per condition of the robust set at `robust` (hallucination rate for non-speech), in the set's order.
+def robust_reports(model: SpeechLLM, robust: Path, conditions: tuple[str, ...] | None) -> dict[str, WerReport]:
+    """Each condition of the robust set at `robust` scored (non-speech: its hallucinations), in the set's order.
 
     `conditions=None` scores every condition the set has; a set that was not built (or a condition
     it lacks) is left out, so the course runs without it.
     """
     available = robust_conditions(robust) or []
-    scores = {}
+    reports = {}
     for name in available:
         if conditions is not None and name not in conditions:
             continue
         audios, texts = read_split(robust / name)
-        report = score(texts, transcribe(model, audios, 16000, batch_size=32))
-        scores[name] = report.wer if report.speech else report.hallucination_rate
-    return scores
+        reports[name] = score(texts, transcribe(model, audios, 16000, batch_size=32))
+    return reports
 
 
 def write_outputs(results: list[StageResult], miniature: Miniature, out_dir: Path, seconds: float) -> tuple[Path, Path]:
@@ -314,21 +319,30 @@ def summary_table(results: list[StageResult]) -> str:
     for r in results:
         best = f"{r.best_wer:.1%}" if r.best_wer is not None else "-"
         cliff = f"step {r.intelligible_step}" if r.intelligible_step is not None else "-"
-        held = " | ".join(f"{r.held_out_wer[s]:.1%}" for s in HELD_OUT_SPLITS)
+        held = " | ".join(f"{r.held_out_wer[s]:.1%}{_interval(r.wer_intervals.get(s))}" for s in HELD_OUT_SPLITS)
         lines.append(f"| {r.name} | {r.steps} | {r.seconds:.0f} s | {best} | {cliff} | {held} |")
     robust = robust_table(results)
     return "\n".join(lines + (["", *robust] if robust else []))
 
 
 def robust_table(results: list[StageResult]) -> list[str]:
-    """Conditions down, stages across: WER per condition, hallucination rate on non-speech ("-": not scored)."""
+    """Conditions down, stages across: WER per condition, hallucination rate on non-speech ("-": not scored).
+
+    The last stage's cells carry their 95% interval: what a difference must exceed to be more than noise.
+    """
     names = list(dict.fromkeys(name for r in results for name in r.robust_wer))
     if not names and all(r.hallucination_rate is None for r in results):
         return []
     lines = ["| robustness | " + " | ".join(r.name for r in results) + " |", "|" + "---|" * (1 + len(results))]
     for name in names:
         cells = [f"{r.robust_wer[name]:.1%}" if name in r.robust_wer else "-" for r in results]
+        if name in results[-1].robust_wer:
+            cells[-1] += _interval(results[-1].wer_intervals.get(name))
         lines.append(f"| {name} WER | " + " | ".join(cells) + " |")
     cells = ["-" if r.hallucination_rate is None else f"{r.hallucination_rate:.1%}" for r in results]
     lines.append(f"| {NON_SPEECH_CONDITION}: clips with any output | " + " | ".join(cells) + " |")
     return lines
+
+
+def _interval(bounds: tuple[float, float] | None) -> str:
+    return "" if bounds is None else f" ({bounds[0]:.1%}–{bounds[1]:.1%})"
