@@ -130,6 +130,8 @@ def test_card_reads_the_results_json_of_ta_eval(short_run: Path, tmp_path: Path)
         "split": "dev",
     }
     assert entry["metrics"][0]["value"] == 20.0
+    card = build_card(short_run / "checkpoint-3", eval_results=read_eval_results(results))
+    assert "| 20.00 % |" in card and "interval" not in card  # none given, none claimed
     document["results"].append({**row, "model": "other/model"})
     results.write_text(json.dumps(document))
     with pytest.raises(EvalResultsError, match="scores 2 models"):
@@ -145,7 +147,13 @@ def _ta_eval_results(tmp_path: Path, split_size: int | None, scored: int, skippe
         "skipped": skipped,
         "split_size": split_size,
     }
-    row = {"model": "outputs/mlp/checkpoint-3", "test_set": "ami", "wer": 0.3, "num_samples": scored}
+    row = {
+        "model": "outputs/mlp/checkpoint-3",
+        "test_set": "ami",
+        "wer": 0.3,
+        "wer_interval": [0.25, 0.3512],
+        "num_samples": scored,
+    }
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"schema_version": 1, "test_sets": [test_set], "results": [row]}))
     return results
@@ -156,7 +164,8 @@ def test_a_subset_wer_is_tabled_as_one_and_kept_out_of_the_model_index(short_run
     results = read_eval_results(_ta_eval_results(tmp_path, None, 100, {"too_long": 2}))
     card = build_card(short_run / "checkpoint-3", model_id="alice/tiny", eval_results=results)
     assert "model-index" not in front_matter(card)
-    assert "| first 100 clips of the split (size unknown); dropped: too_long 2 | 30.00 % |" in card
+    assert "| first 100 clips of the split (size unknown); dropped: too_long 2 | 30.00 % (25.00–35.12 %) |" in card
+    assert "in brackets its 95% interval (bootstrap over clips)" in card
     assert "1 of these scored only part of their split" in card and "left out of the model-index" in card
 
     (entry,) = front_matter(

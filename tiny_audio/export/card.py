@@ -71,7 +71,7 @@ def _from_ta_eval(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
             "run `ta eval` on this model alone and pass that results.json"
         )
     sets = {t["name"]: t for t in raw["test_sets"]}
-    keys = ("wer", "substitution_rate", "insertion_rate", "deletion_rate", "num_samples")
+    keys = ("wer", "wer_interval", "substitution_rate", "insertion_rate", "deletion_rate", "num_samples")
     results = []
     for r in raw["results"]:
         test_set = sets[r["test_set"]]
@@ -197,6 +197,13 @@ def _clips(result: dict[str, Any]) -> str:
     return text
 
 
+def _interval(bounds: Any) -> str:
+    """` (low–high %)` for a WER's 95% interval given as [low, high] fractions, else nothing."""
+    if not (isinstance(bounds, list | tuple) and len(bounds) == 2 and all(isinstance(b, int | float) for b in bounds)):
+        return ""
+    return f" ({100 * bounds[0]:.2f}–{100 * bounds[1]:.2f} %)"
+
+
 def _index_entry(result: dict[str, Any]) -> dict[str, Any]:
     dataset = {"name": result.get("title") or result["dataset"], "type": result["dataset"]}
     if result.get("subset"):
@@ -241,12 +248,17 @@ def _results_section(results: list[dict[str, Any]], index_subsets: bool) -> str:
             f"{100 * r[k]:.2f} %" if isinstance(r.get(k), int | float) else ""
             for k in ("wer", "substitution_rate", "insertion_rate", "deletion_rate")
         ]
+        rates[0] += _interval(r.get("wer_interval"))
         lines.append(
             f"| {r['dataset']} | {r.get('config') or ''} | {r.get('split') or ''} | {_clips(r)} | "
             + " | ".join(rates)
             + " |"
         )
-    lines.append("\nWER on normalised text, greedy decoding.\n")
+    intervals = any(_interval(r.get("wer_interval")) for r in results)
+    lines.append(
+        "\nWER on normalised text, greedy decoding"
+        + ("; in brackets its 95% interval (bootstrap over clips).\n" if intervals else ".\n")
+    )
     subsets = [r for r in results if r.get("subset")]
     if subsets:
         where = (
