@@ -32,7 +32,7 @@ def old_stage_overrides(miniature: Miniature, settings: CourseSettings, stage: S
         f"+experiments={stage.experiment}",
         f"model.audio_model_id={miniature.encoder}",
         f"model.text_model_id={miniature.llm}",
-        "model.projector_hidden_dim=256",
+        "model.projector_hidden_dim=1024",
         "model.dtype=float32",
         "model.encoder_padding=longest",
         "model.encoder_cache_gib=1",
