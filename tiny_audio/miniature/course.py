@@ -110,7 +110,7 @@ class StageResult:
     # Per robustness condition: WER, or for non_speech the share of clips with any output.
     robust_wer: dict[str, float] = field(default_factory=dict)
     # The 95% interval of each WER above (held-out split or condition), by bootstrap over its
-    # clips: with 24 clips a condition's interval spans 5 to 25 points.
+    # clips: with 24 clips a condition's interval spans about 4 to 25 points.
     wer_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     hallucination_rate: float | None = None
     scoring_seconds: float = 0.0  # scoring time of the held-out splits and robustness sets
