@@ -243,8 +243,7 @@ def run_course(
         held_out = held_out_reports(model, miniature)
         last = number == len(settings.stages)
         conditions = robust_reports(model, miniature.robust, None if last else settings.robust_each_stage)
-        robust = {name: r.wer if r.speech else r.hallucination_rate for name, r in conditions.items()}
-        scored = {**held_out, **conditions}
+        non_speech = conditions.pop(NON_SPEECH_CONDITION, None)
         del model
         result = StageResult(
             name=stage.name,
@@ -256,13 +255,13 @@ def run_course(
             best_wer=min(wers) if wers else None,
             intelligible_step=curves.intelligible_step,
             held_out_wer={split: report.wer for split, report in held_out.items()},
-            robust_wer={name: rate for name, rate in robust.items() if name != NON_SPEECH_CONDITION},
-            hallucination_rate=robust.get(NON_SPEECH_CONDITION),
-            wer_intervals={name: report.wer_interval() for name, report in scored.items() if report.speech},
+            robust_wer={name: report.wer for name, report in conditions.items()},
+            hallucination_rate=None if non_speech is None else non_speech.hallucination_rate,
+            wer_intervals={name: report.wer_interval() for name, report in {**held_out, **conditions}.items()},
             scoring_seconds=time.perf_counter() - started,
         )
         log(f"{stage.name}: " + ", ".join(f"{split} WER {wer:.1%}" for split, wer in result.held_out_wer.items()))
-        if robust:
+        if conditions or non_speech is not None:
             shown = [f"{name} {rate:.1%}" for name, rate in result.robust_wer.items()]
             if result.hallucination_rate is not None:
                 shown.append(f"hallucinations on non-speech {result.hallucination_rate:.1%}")
