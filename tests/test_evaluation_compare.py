@@ -28,7 +28,7 @@ from tiny_audio.evaluation.compare import Result, model_ref, order_models
 from tiny_audio.evaluation.dataset import EvalSample, LoadedTestSet, load_test_set
 from tiny_audio.evaluation.normalize import raw
 from tiny_audio.evaluation.registry import ESB, GROUPS, TEST_SETS, TestSet, UnknownTestSet, resolve
-from tiny_audio.evaluation.report import RATES, details_table, results_json, wer_table, worst_samples
+from tiny_audio.evaluation.report import RATES, details_table, result_row, results_json, wer_table, worst_samples
 from tiny_audio.evaluation.wer import score
 from tiny_audio.recipe.run import run
 
@@ -178,6 +178,9 @@ def test_markdown_holds_the_same_numbers_as_the_json(table: dict[str, Any]) -> N
     first = rows[0]
     low, high = first["wer_interval"]
     assert low <= first["wer"] <= high
+    scored = [x for x in table["samples"] if (x["model"], x["test_set"]) == (first["model"], first["test_set"])]
+    again = score([x["reference"] for x in scored], [x["prediction"] for x in scored])
+    assert [low, high] == list(again.wer_interval())
     expected = [first["raw_wer"], first["substitution_rate"], first["insertion_rate"]]
     cells = details[0].split(" | ")
     assert cells[4:6] == [f"{100 * first['wer']:.1f}%", f"{100 * low:.1f}%–{100 * high:.1f}%"]
@@ -377,6 +380,9 @@ def test_tables_put_each_wer_in_its_model_row_and_test_set_column() -> None:
         "| 2.00 |"
     )
     assert details_table(document)[2].split(" | ")[4:6] == ["25.0%", "25.0%–25.0%"]
+    mixed = hand_made("run/checkpoint-1", "first", [("a b c d", "a b c x"), ("a b", "a b"), ("a b c", "x y z")])
+    low, high = result_row(mixed)["wer_interval"]
+    assert [low, high] == list(mixed.report.wer_interval()) and low < mixed.report.wer < high
 
 
 def test_loquacious_entry_reads_a_copy_laid_out_like_the_hub(tmp_path: Path) -> None:
