@@ -30,7 +30,7 @@ from tiny_audio.data.effect_files import EffectFilesError, require_effect_dirs
 from tiny_audio.data.stream import build_train_stream
 from tiny_audio.model.build import build_model
 from tiny_audio.recipe.run import run
-from tiny_audio.runtime.collator import AUGMENTED, collator_for
+from tiny_audio.runtime.collator import ONE_OFF, collator_for
 from tiny_audio.runtime.speech_llm import IGNORE_INDEX
 from tiny_audio.training.loaders import AugmentingCollate
 from tiny_audio.training.metrics_file import read_metrics
@@ -49,8 +49,10 @@ def sample(audio: np.ndarray, key: list[int] | None = None, text: str = "alpha b
     return {"audio": audio, "text": text, "skipped": [], "augment_key": key or [0, 0, 7]}
 
 
-def augmenter(seed: int = 42, max_duration: float = 30.0, **blocks: dict[str, Any]) -> AudioAugmenter:
-    cfg = AugmentConfig()
+def augmenter(
+    seed: int = 42, max_duration: float = 30.0, variants: int = 0, **blocks: dict[str, Any]
+) -> AudioAugmenter:
+    cfg = AugmentConfig(variants=variants)
     for name, given in blocks.items():
         block = getattr(cfg, name)
         settings = dict(given)
@@ -135,6 +137,8 @@ def test_the_course_augments_every_stage_and_set_or_no_augment_change_it(tmp_pat
         ("data.augment.non_speech.kinds=[noise_file]", "'noise_file' only with data.augment.noise.dir set"),
         ("data.augment.non_speech.kinds=[speech]", "data.augment.non_speech.kinds=['speech'] is not allowed"),
         ("data.augment.nosie.prob=1", "unknown config key 'data.augment.nosie.prob': did you mean"),
+        ("data.augment.variants=-1", "data.augment.variants=-1 is not allowed: a whole number >= 0"),
+        ("data.augment.variants=1.5", "data.augment.variants='1.5' is not allowed: expected integer"),
     ],
 )
 def test_bad_augment_settings_are_one_line_errors_naming_the_key(override: str, message: str) -> None:
@@ -171,6 +175,33 @@ def test_same_seed_and_keys_give_identical_audio_and_other_keys_differ() -> None
     for a, b, c in zip(first, next_pass, other_seed, strict=True):
         assert not np.array_equal(a["audio"], b["audio"])
         assert not np.array_equal(a["audio"], c["audio"])
+
+
+def test_with_variants_pass_p_repeats_pass_p_mod_k_and_only_babbled_clips_are_one_off() -> None:
+    """K fixed draws per clip: the encoder cache may keep an augmented clip, unless babble mixed
+    in its batch mates (another batch next time)."""
+    settings = {**ALL_ON, "non_speech": {"prob": 0.1}}
+
+    def augmented(pass_number: int, variants: int) -> list[dict[str, Any]]:
+        keys = [augment_key(0, pass_number, f"clip{i}") for i in range(40)]
+        return augmenter(variants=variants, **settings)(batch(keys))
+
+    first, second, third, fifth = (augmented(p, 2) for p in (0, 1, 2, 4))
+    for a, c, e in zip(first, third, fifth, strict=True):
+        assert np.array_equal(a["audio"], c["audio"]) and np.array_equal(a["audio"], e["audio"])
+        assert a["text"] == c["text"]
+    assert sum(not np.array_equal(a["audio"], b["audio"]) for a, b in zip(first, second, strict=True)) > 30
+    # Variant 0 of K is pass 0 of the every-pass draws: switching variants on keeps the first pass.
+    for a, b in zip(first, augmented(0, 0), strict=True):
+        assert np.array_equal(a["audio"], b["audio"])
+    clean = batch([augment_key(0, 0, f"clip{i}") for i in range(40)])
+    babbled = augmenter(variants=2, noise={"prob": 1.0, "sources": {"coloured": 0.0}})(clean)
+    assert all(s[ONE_OFF] for s in babbled)
+    coloured = augmenter(variants=2, noise={"prob": 1.0, "sources": {"babble": 0.0}}, non_speech={"prob": 0.3})(clean)
+    assert not any(s[ONE_OFF] for s in coloured)
+    assert any(s["text"] == "" for s in coloured)  # non-speech draws repeat too: cacheable
+    marks = [s[ONE_OFF] for s in first]
+    assert any(marks) and not all(marks)
 
 
 def test_the_key_hashes_the_record_id_stably() -> None:
@@ -276,24 +307,24 @@ def test_the_augmenter_marks_the_clips_it_changed_and_not_the_ones_it_left_alone
     """The encoder cache keeps only unmarked clips: a clip every effect skipped is the same next pass."""
     clips = batch([[0, 0, k] for k in range(40)])
     out = augmenter(gain={"prob": 0.3}, reverb={"prob": 0.3}, non_speech={"prob": 0.1})(clips)
-    marks = [s[AUGMENTED] for s in out]
+    marks = [s[ONE_OFF] for s in out]
     assert marks == [not np.array_equal(a["audio"], b["audio"]) for a, b in zip(clips, out, strict=True)]
     assert any(marks) and not all(marks)
     untouched = augmenter(gain={"prob": 0.0}, speed={"prob": 0.0})(clips[:3])
-    assert not any(s[AUGMENTED] for s in untouched)
+    assert not any(s[ONE_OFF] for s in untouched)
     # Drawn, but skipped: slowing the clip down would pass data.max_duration.
     clean = speech_like(2.0, 300)
     slow = augmenter(max_duration=2.1, speed={"prob": 1.0, "factors": [0.8]})([sample(clean)])[0]
-    assert np.array_equal(slow["audio"], clean) and not slow[AUGMENTED]
+    assert np.array_equal(slow["audio"], clean) and not slow[ONE_OFF]
     silent = augmenter(non_speech={"prob": 1.0})(clips[:3])
-    assert all(s[AUGMENTED] for s in silent)
+    assert all(s[ONE_OFF] for s in silent)
 
 
 def test_the_collator_passes_the_marks_on_as_encoder_cacheable(tiny_model_config) -> None:
     model = build_model(tiny_model_config())
     clips = batch([[0, 0, k] for k in range(8)])
     augment = augmenter(gain={"prob": 0.5})
-    marks = [s[AUGMENTED] for s in augment(clips)]
+    marks = [s[ONE_OFF] for s in augment(clips)]
     augmented = AugmentingCollate(augment, collator_for(model, RATE))(clips)
     assert augmented["encoder_cacheable"].tolist() == [not m for m in marks] and any(marks) and not all(marks)
     assert collator_for(model, RATE)(clips)["encoder_cacheable"].all()  # no augmenter: every clip
@@ -437,8 +468,31 @@ def test_evaluation_is_never_augmented_and_the_encoder_cache_still_works(tiny_ru
         train = [m["train/loss"] for m in read_metrics(tmp_path / name) if "train/loss" in m]
         losses[f"{name} train"] = train
         (cache_line,) = [line for line in lines if line.startswith("Encoder cache:")]
-        fresh = int(re.search(r"\((\d+) augmented encoded fresh\)", cache_line).group(1))
+        fresh = int(re.search(r"\((\d+) one-off augmented clips encoded fresh\)", cache_line).group(1))
         # Every train clip of the loud run is augmented (2 steps x 4 clips); evaluation's are not.
         assert fresh == (8 if name == "augmented" else 0), cache_line
     assert losses["plain"][0] == losses["augmented"][0]
     assert losses["plain train"] != losses["augmented train"]  # the train batches were augmented
+
+
+def test_with_variants_the_encoder_cache_serves_augmented_clips_on_later_passes(
+    tiny_run_config, tmp_path: Path
+) -> None:
+    """Every train clip reverberated, one fixed draw each: the second pass over 8 clips is all hits."""
+    data = write_audiofolder(tmp_path / "data", {"train": 8, "validation": 4})
+    lines: list[str] = []
+    for variants in (0, 1):
+        augment = AugmentConfig(variants=variants)
+        augment.reverb.prob = 1.0
+        cfg = tiny_run_config(
+            data,
+            model={"encoder_cache_gib": 0.01},
+            data={"augment": augment},
+            output_dir=str(tmp_path / f"variants{variants}"),
+            max_steps=4,  # two passes of two batches of 4
+        )
+        run(cfg, log=lines.append)
+    every_pass, fixed = [line for line in lines if line.startswith("Encoder cache:")]
+    # The 4 validation clips of the final evaluation go through the cache too.
+    assert "4 clips" in every_pass and "0% of 4 repeatable clip encodings reused (16 one-off" in every_pass
+    assert "12 clips" in fixed and "40% of 20 repeatable clip encodings reused (0 one-off" in fixed, fixed

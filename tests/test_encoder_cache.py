@@ -92,7 +92,7 @@ def test_the_cache_stops_growing_at_its_budget_and_stays_correct(tiny_model_conf
     cache = model.encoder.cache
     assert len(cache.entries) == 1 and cache.bytes == one_clip
     assert (cache.hits, cache.misses) == (1, 5)
-    assert "1 clips" in cache.describe() and "17% of 6 unaugmented clip encodings reused" in cache.describe()
+    assert "1 clips" in cache.describe() and "17% of 6 repeatable clip encodings reused" in cache.describe()
 
 
 def test_the_cache_is_refused_with_spec_augment_and_below_zero(tiny_run_config, tmp_path) -> None:
@@ -261,8 +261,8 @@ def test_describe_reports_reuse_of_unaugmented_clips_and_augmented_ones_apart() 
     cache = EncoderCache(max_bytes=2**30)
     cache.hits, cache.misses, cache.uncacheable = 7_500, 4_500, 4_000
     assert cache.describe() == (
-        "Encoder cache: 0 clips, 0.00 of 1.00 GiB, 62% of 12,000 unaugmented clip encodings reused "
-        "(4,000 augmented encoded fresh)"
+        "Encoder cache: 0 clips, 0.00 of 1.00 GiB, 62% of 12,000 repeatable clip encodings reused "
+        "(4,000 one-off augmented clips encoded fresh)"
     )
 
 

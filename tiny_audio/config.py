@@ -424,6 +424,10 @@ class AugmentConfig:
     speed: SpeedAugmentConfig = field(default_factory=SpeedAugmentConfig)
     gain: GainAugmentConfig = field(default_factory=GainAugmentConfig)
     non_speech: NonSpeechAugmentConfig = field(default_factory=NonSpeechAugmentConfig)
+    # 0: every pass draws each clip's augmentation anew. K > 0: each clip has K fixed draws and pass
+    # p takes draw p mod K, so an augmented clip comes back as it was and the encoder cache
+    # (model.encoder_cache_gib) can keep its encoding; babble still differs (it mixes the batch).
+    variants: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -435,6 +439,12 @@ class AugmentConfig:
         self.speed.validate(f"{prefix}.speed")
         self.gain.validate(f"{prefix}.gain")
         self.non_speech.validate(f"{prefix}.non_speech", self.noise.dir)
+        _require(
+            self.variants >= 0,
+            f"{prefix}.variants",
+            self.variants,
+            "a whole number >= 0 (0: a new draw every pass; e.g. 2: two fixed draws per clip)",
+        )
         _require(
             not self.noise.dir or self.noise.sources.files > 0 or NOISE_FILE_KIND in self.non_speech.kinds,
             f"{prefix}.noise.dir",

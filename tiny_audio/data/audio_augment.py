@@ -5,7 +5,9 @@ never augments). Every draw for a clip comes from generators seeded by (data.see
 `augment_key`, the effect), where the train stream sets the key to (dataset index, pass, the
 record's id): a clip's augmentation is a function of where it is in the data, never of what ran
 before, so a resumed run augments exactly as an uninterrupted one with no state saved, and
-turning one effect on does not change another's draws. Babble is the one effect that depends on
+turning one effect on does not change another's draws. With `data.augment.variants` K, the pass
+enters the key as pass mod K: each clip has K fixed draws, and an augmented clip comes back as it
+was, which lets the encoder cache keep its encoding. Babble is the one effect that depends on
 the batch (it mixes the batch's other clips), and a restored run rebuilds the same batches.
 
 The effects are the pure functions of tiny_audio/data/effects.py.
@@ -21,7 +23,7 @@ import numpy as np
 from tiny_audio.config import NOISE_FILE_KIND, AugmentConfig, DataConfig
 from tiny_audio.data import effects, skips
 from tiny_audio.data.effect_files import EffectFiles
-from tiny_audio.runtime.collator import AUGMENTED
+from tiny_audio.runtime.collator import ONE_OFF
 
 # One generator per effect, so that each effect's draws are independent of the others'.
 _NON_SPEECH, _SPEED, _REVERB, _NOISE, _GAIN = range(5)
@@ -39,8 +41,9 @@ def augment_key(source: int, pass_number: int, sample_id: str) -> list[int]:
 class AudioAugmenter:
     """Augments the samples of one train batch: `{"audio", "text", "augment_key", ...}` -> same keys.
 
-    Each sample comes back with `AUGMENTED`: whether any effect changed its audio. One every effect
-    skipped is the same clip next pass, so the encoder cache may keep its encoding; a changed one not.
+    Each sample comes back with `ONE_OFF`: whether no later pass gives its audio again. A clip every
+    effect skipped is the same clip next pass, and so, with `variants`, is one augmented without
+    babble; the encoder cache may keep their encodings, not a one-off's.
     """
 
     def __init__(self, cfg: AugmentConfig, *, seed: int, sample_rate: int, max_duration: float) -> None:
@@ -59,7 +62,10 @@ class AudioAugmenter:
     def _augment(self, sample: dict[str, Any], index: int, clean: list[np.ndarray]) -> dict[str, Any]:
         if "augment_key" not in sample:
             raise KeyError("a train sample without 'augment_key': augmentation needs the train stream's samples")
-        key = [self.seed, *sample["augment_key"]]
+        source, pass_number, record = sample["augment_key"]
+        if self.cfg.variants:
+            pass_number %= self.cfg.variants
+        key = [self.seed, source, pass_number, record]
         skipped: list[tuple[str, str]] = list(sample.get("skipped", ()))
         audio = clean[index]
         cfg = self.cfg
@@ -67,18 +73,20 @@ class AudioAugmenter:
         if cfg.non_speech.prob > 0:
             silent = self._non_speech(audio.size, _rng(key, _NON_SPEECH), skipped)
             if silent is not None:
-                return {**sample, "audio": silent, "text": "", "skipped": skipped, AUGMENTED: True}
+                return {**sample, "audio": silent, "text": "", "skipped": skipped, ONE_OFF: not cfg.variants}
         if cfg.speed.prob > 0:
             audio = self._speed(audio, _rng(key, _SPEED))
         if cfg.reverb.prob > 0:
             audio = self._reverb(audio, _rng(key, _REVERB), skipped)
+        babbled = False
         if cfg.noise.prob > 0:
             others = [clip for i, clip in enumerate(clean) if i != index]
-            audio = self._noise(audio, others, _rng(key, _NOISE), skipped)
+            audio, babbled = self._noise(audio, others, _rng(key, _NOISE), skipped)
         if cfg.gain.prob > 0:
             audio = self._gain(audio, _rng(key, _GAIN))
         # An effect that leaves the clip as it was returns the very array it was given.
-        return {**sample, "audio": audio, "skipped": skipped, AUGMENTED: audio is not clean[index]}
+        one_off = babbled or (audio is not clean[index] and not cfg.variants)
+        return {**sample, "audio": audio, "skipped": skipped, ONE_OFF: one_off}
 
     def _non_speech(self, length: int, rng: np.random.Generator, skipped: list) -> np.ndarray | None:
         """A clip of the same length without speech, or None when this sample stays speech."""
@@ -121,14 +129,16 @@ class AudioAugmenter:
 
     def _noise(
         self, audio: np.ndarray, others: list[np.ndarray], rng: np.random.Generator, skipped: list
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, bool]:
+        """The clip, noisy or not, and whether its noise is babble (the batch's other clips)."""
         cfg = self.cfg.noise
         if not rng.random() < cfg.prob:
-            return audio
+            return audio, False
         snr = _uniform(rng, cfg.snr_db)
         source = _choose(rng, NOISE_SOURCES, vars(cfg.sources))
         noise = None
-        if source == "babble" and others:
+        babbled = source == "babble" and bool(others)
+        if babbled:
             low, high = cfg.babble_talkers
             talkers = min(int(rng.integers(low, high + 1)), len(others))
             chosen = rng.choice(len(others), size=talkers, replace=False)
@@ -141,7 +151,7 @@ class AudioAugmenter:
             colours = cfg.colours or list(effects.NOISE_COLOURS)
             colour = colours[int(rng.integers(len(colours)))]
             noise = effects.loop_to(self._coloured(colour), audio.size, rng)
-        return effects.mix_at_snr(audio, noise, snr, rng)
+        return effects.mix_at_snr(audio, noise, snr, rng), babbled
 
     def _coloured(self, colour: str) -> np.ndarray:
         """A minute of one colour of noise, made once per process from the seed; clips take windows of it.

@@ -21,8 +21,8 @@ class EncoderCache:
     are kept. With 30 s windows (`max_length`) the padding is the same every time, and with
     `longest` the encoder encodes each clip on its own frames (AudioEncoder.per_clip), so a cached
     output is what the encoder would compute again, in any batch. Stops adding at `max_bytes`.
-    A clip the collator marks not cacheable (audio augmented, so drawn anew next pass) would only
-    spend the budget: it is encoded every time and never stored.
+    A clip the collator marks not cacheable (a one-off: augmented by a draw no later pass repeats)
+    would only spend the budget: it is encoded every time and never stored.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -31,7 +31,7 @@ class EncoderCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self.uncacheable = 0  # augmented clips: encoded every time, outside hits and misses
+        self.uncacheable = 0  # one-off clips: encoded every time, outside hits and misses
 
     def encode(
         self,
@@ -41,8 +41,8 @@ class EncoderCache:
         mel_lengths: Tensor,
         cacheable: Tensor | None = None,
     ) -> Tensor:
-        """Hidden states (B, T, D) of every clip; a clip not `cacheable` (augmented: the next pass
-        draws it anew) is encoded but neither looked up nor stored, so it spends no budget."""
+        """Hidden states (B, T, D) of every clip; a clip not `cacheable` (a one-off: no later pass
+        gives it again) is encoded but neither looked up nor stored, so it spends no budget."""
         mels = mel_lengths.tolist()
         storable = [True] * len(mels) if cacheable is None else [bool(c) for c in cacheable.tolist()]
         keys = self._keys(features, mels, storable)
@@ -91,6 +91,6 @@ class EncoderCache:
         rate = self.hits / seen if seen else 0.0
         return (
             f"Encoder cache: {len(self.entries):,} clips, {self.bytes / 2**30:.2f} of "
-            f"{self.max_bytes / 2**30:.2f} GiB, {rate:.0%} of {seen:,} unaugmented clip encodings reused "
-            f"({self.uncacheable:,} augmented encoded fresh)"
+            f"{self.max_bytes / 2**30:.2f} GiB, {rate:.0%} of {seen:,} repeatable clip encodings reused "
+            f"({self.uncacheable:,} one-off augmented clips encoded fresh)"
         )

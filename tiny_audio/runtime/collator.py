@@ -12,13 +12,14 @@ from torch import Tensor
 from .prompts import PromptBuilder
 from .speech_llm import IGNORE_INDEX, SpeechLLM
 
-# A sample key the train audio augmenter sets when it changed the clip: the next pass draws it anew,
-# so the encoder cache must neither store nor look up its encoding.
-AUGMENTED = "augmented"
+# A sample key the train audio augmenter sets on a clip that no later pass gives again (augmented
+# by a draw of this pass alone, or mixed with its batch's babble): the encoder cache must neither
+# store nor look up its encoding.
+ONE_OFF = "one_off"
 
 
 class SpeechCollator:
-    """Turns `{"audio", "text"}` samples (with `AUGMENTED`, from the train augmenter) into model inputs.
+    """Turns `{"audio", "text"}` samples (with `ONE_OFF`, from the train augmenter) into model inputs.
 
     With `with_targets` the transcript follows the prompt and only it is labelled (right
     padding); without, prompts are left-padded for batched generation.
@@ -64,7 +65,7 @@ class SpeechCollator:
             "input_features": features["input_features"],
             "encoder_lengths": encoder_lengths,
             "mel_lengths": features["mel_lengths"],  # the encoder cache keys a clip by its own frames
-            "encoder_cacheable": torch.tensor([not s.get(AUGMENTED, False) for s in samples]),
+            "encoder_cacheable": torch.tensor([not s.get(ONE_OFF, False) for s in samples]),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "audio_seconds": float(sum(len(a) for a in audio) / self.sample_rate),
