@@ -106,17 +106,17 @@ def test_the_course_augments_every_stage_and_set_or_no_augment_change_it(tmp_pat
         for cfg in configs:
             assert cfg.model.encoder_cache_gib == 1  # the course's cache stays on with augmentation
         return [
-            (a.noise.prob, a.reverb.prob, a.speed.prob, a.gain.prob, a.non_speech.prob)
+            (a.noise.prob, a.reverb.prob, a.speed.prob, a.gain.prob, a.non_speech.prob, a.variants)
             for a in (cfg.data.augment for cfg in configs)
         ]
 
-    assert AUGMENTATION and augment_of(CourseSettings()) == [(0.25, 0.15, 0.3, 0.2, 0.05)] * 3
+    assert AUGMENTATION and augment_of(CourseSettings()) == [(0.25, 0.15, 0.3, 0.2, 0.05, 3)] * 3
     assert load_config(
         stage_overrides(miniature, CourseSettings(), CourseSettings().stages[0], tmp_path)
     ).data.augment.gain.db == [-18.0, 6.0]
     extra = ("data.augment.noise.prob=0.5", "data.augment.non_speech.prob=0.1")
-    assert augment_of(CourseSettings(extra_overrides=extra)) == [(0.5, 0.15, 0.3, 0.2, 0.1)] * 3
-    assert augment_of(CourseSettings(augmentation=())) == [(0.0,) * 5] * 3
+    assert augment_of(CourseSettings(extra_overrides=extra)) == [(0.5, 0.15, 0.3, 0.2, 0.1, 3)] * 3
+    assert augment_of(CourseSettings(augmentation=())) == [(0.0,) * 5 + (0,)] * 3
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ app = typer.Typer()
 def course_command(
     out: str = typer.Option("outputs/course", help="Where the stages' checkpoints, plot and summary go."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Stage-1 steps (later stages shrink in proportion); default: the full lesson, 1200."
+        None, "--steps", help="Stage-1 steps (later stages shrink in proportion); default: the full lesson, 1400."
     ),
     seed: int = typer.Option(0, help="Seed of the miniature models and their speech."),
     cache: str | None = typer.Option(
