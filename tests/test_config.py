@@ -37,8 +37,13 @@ def test_course_defaults() -> None:
 
 
 def _drift(yaml_node: Any, default: Any, prefix: str) -> list[str]:
-    """Each key of `yaml_node` whose value differs from the dataclass default, with both values."""
-    found = []
+    """Each key of `yaml_node` whose value differs from the dataclass default, with both values, and
+    each dataclass field the YAML lacks (Hydra refuses an override of a key its YAML does not hold)."""
+    found = [
+        f"{prefix}.{field.name}: in the dataclass, missing from the YAML (an override of it would be refused)"
+        for field in dataclasses.fields(default)
+        if field.name not in yaml_node and field.name not in ("defaults", "datasets")
+    ]
     for key, value in yaml_node.items():
         full, expected = f"{prefix}.{key}", getattr(default, str(key))
         if dataclasses.is_dataclass(expected) and isinstance(value, DictConfig):
